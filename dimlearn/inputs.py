@@ -1,0 +1,201 @@
+"""Array shapes, dtypes and scaling in; batches of float32 tensors out.
+
+The estimator hands validated arrays to :func:`resolve_layout`, which decides once whether the
+samples are images (and in which layout) or tabular rows. :class:`ArrayBatches` then serves
+standardised batches without ever copying the whole array to float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .networks import MIN_IMAGE_SIDE
+
+_MAX_CHANNELS = 4
+"""Up to this many, an axis of a 4-D array is taken as a channel axis (grey, RGB, RGBA...)."""
+
+_STATS_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one sample is laid out.
+
+    Attributes
+    ----------
+    kind : {"image", "tabular"}
+    sample_shape : tuple
+        Per-sample shape as the user passes it (for flat images, ``(H*W*C,)``).
+    image_shape : tuple or None
+        ``(H, W, C)`` when the samples are channels-last images (including flat ones and
+        grey ``(H, W)``), ``(C, H, W)`` when channels-first; None for tabular rows.
+    channels_last : bool
+    """
+
+    kind: str
+    sample_shape: tuple
+    image_shape: tuple | None = None
+    channels_last: bool = True
+
+    @property
+    def channels(self) -> int:
+        if self.kind == "tabular":
+            return self.sample_shape[0]
+        return self.image_shape[-1] if self.channels_last else self.image_shape[0]
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return self.image_shape[0:2] if self.channels_last else self.image_shape[1:3]
+
+    @property
+    def channel_axis(self) -> int:
+        """Axis of the channels in a batch reshaped to ``(n, *image_shape)``."""
+        return -1 if self.kind == "tabular" or self.channels_last else 1
+
+
+def _guess_channels_last(shape: tuple, what: str) -> bool:
+    """For a 3-D per-sample shape, True if (H, W, C), False if (C, H, W); refuse if unclear."""
+    first_small, last_small = shape[0] <= _MAX_CHANNELS, shape[-1] <= _MAX_CHANNELS
+    if last_small and not first_small:
+        return True
+    if first_small and not last_small:
+        return False
+    raise ValueError(
+        f"Cannot tell whether {what} {shape} is (H, W, C) or (C, H, W). "
+        "Pass image_layout='channels_last' or image_layout='channels_first'."
+    )
+
+
+def resolve_layout(sample_shape: tuple, image_shape, image_layout: str) -> Layout:
+    """Decide how samples of ``sample_shape`` are laid out, or raise a clear ``ValueError``.
+
+    ``sample_shape`` is ``X.shape[1:]``. Rules:
+
+    - ``(F,)`` without ``image_shape``: tabular rows of F features.
+    - ``(F,)`` with ``image_shape``: flat images; ``image_shape`` is ``(H, W)`` (grey),
+      ``(H, W, C)`` or ``(C, H, W)`` (``image_layout`` says which, or it is guessed when one
+      end is a plausible channel count, at most 4, and the other is not), and
+      ``H * W * C == F`` in the C order of ``X.reshape(n, *image_shape)``.
+    - ``(H, W)``: grey images.
+    - ``(H, W, C)`` or ``(C, H, W)``: colour images; layout from ``image_layout`` or guessed
+      as above.
+
+    Examples
+    --------
+    >>> resolve_layout((32, 32, 3), None, "auto").channels_last
+    True
+    >>> resolve_layout((64,), (8, 8), "auto").image_shape
+    (8, 8, 1)
+    """
+    sample_shape = tuple(int(s) for s in sample_shape)
+    if image_shape is not None:
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) not in (2, 3) or min(image_shape) < 1:
+            raise ValueError(
+                f"image_shape must be (H, W), (H, W, C) or (C, H, W) of positive ints; "
+                f"got {image_shape}."
+            )
+        if len(sample_shape) == 1:
+            if int(np.prod(image_shape)) != sample_shape[0]:
+                raise ValueError(
+                    f"image_shape={image_shape} holds {int(np.prod(image_shape))} values but "
+                    f"each sample of X has {sample_shape[0]} features."
+                )
+        elif sample_shape != image_shape:
+            raise ValueError(
+                f"X holds samples of shape {sample_shape} but image_shape={image_shape}; "
+                "leave image_shape=None for arrays that already have image dimensions."
+            )
+    elif len(sample_shape) == 1:
+        return Layout("tabular", sample_shape)
+    else:
+        image_shape = sample_shape
+
+    if len(image_shape) == 2:
+        layout = Layout("image", sample_shape, (*image_shape, 1), True)
+    else:
+        if image_layout == "auto":
+            channels_last = _guess_channels_last(image_shape, "a sample of shape")
+        else:
+            channels_last = image_layout == "channels_last"
+        layout = Layout("image", sample_shape, image_shape, channels_last)
+
+    h, w = layout.height_width
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"Images of {h}x{w} pixels are too small for the conv encoder, which needs at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}. Upsample them, or pass them flat with "
+            "image_shape=None to use the tabular encoder."
+        )
+    return layout
+
+
+def _as_images(X: np.ndarray, layout: Layout) -> np.ndarray:
+    """View of X as ``(n, *image_shape)`` (or ``(n, F)`` for tabular); no copy."""
+    if layout.kind == "tabular":
+        return X
+    return X.reshape(X.shape[0], *layout.image_shape)
+
+
+def channel_stats(X: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (images) or per-feature (tabular) mean and std of X, in float64.
+
+    Works through X in chunks (Chan's parallel update), so uint8 data is never copied whole
+    to float. A constant channel gets scale 1 rather than a division by zero.
+    """
+    arr = _as_images(X, layout)
+    axis = layout.channel_axis % arr.ndim
+    reduce_axes = tuple(a for a in range(arr.ndim) if a != axis)
+    count, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, arr.shape[0], _STATS_CHUNK):
+        chunk = arr[start : start + _STATS_CHUNK].astype(np.float64)
+        n_chunk = chunk.size // chunk.shape[axis]
+        chunk_mean = chunk.mean(axis=reduce_axes)
+        shape = [1] * chunk.ndim
+        shape[axis] = -1
+        chunk_m2 = ((chunk - chunk_mean.reshape(shape)) ** 2).sum(axis=reduce_axes)
+        delta = chunk_mean - mean
+        total = count + n_chunk
+        mean = mean + delta * n_chunk / total
+        m2 = m2 + chunk_m2 + delta**2 * count * n_chunk / total
+        count = total
+    std = np.sqrt(m2 / count)
+    std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+    std[std == 0] = 1.0
+    return mean, std
+
+
+class ArrayBatches(torch.utils.data.Dataset):
+    """Serves standardised float32 batches of an array, channels-first for images.
+
+    ``take(indices)`` converts only the requested rows: ``(x - mean) / std`` per channel (or
+    per feature), with the statistics of the data the model was fitted on.
+    """
+
+    def __init__(self, X: np.ndarray, layout: Layout, mean: np.ndarray, std: np.ndarray):
+        self.X = _as_images(X, layout)
+        self.layout = layout
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32)
+        if layout.kind == "image" and not layout.channels_last:
+            self.mean = self.mean[:, None, None]
+            self.inv_std = self.inv_std[:, None, None]
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    def take(self, rows) -> torch.Tensor:
+        """Standardised float32 tensor of the given rows (an index array or a slice)."""
+        rows_array = self.X[rows]
+        if rows_array.dtype != np.float32 or not rows_array.flags.writeable:
+            rows_array = rows_array.astype(np.float32)
+        batch = (torch.from_numpy(rows_array) - self.mean) * self.inv_std
+        if self.layout.kind == "image" and self.layout.channels_last:
+            batch = batch.permute(0, 3, 1, 2).contiguous()
+        return batch
+
+    def __getitem__(self, index):
+        return self.take(slice(index, index + 1))[0]

@@ -1,0 +1,107 @@
+"""The Deep InfoMax objective: MI estimators and the prior term, as pure tensor functions.
+
+Notation follows ``shared/docs/method.md``: ``T(pos)`` are critic scores of matched pairs
+(x_i, z_i), ``T(neg)`` of mismatched pairs (x_pi(i), z_i) where ``pi`` is a derangement of the
+batch. Every function here returns a scalar to *minimise*.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2 = math.log(2.0)
+
+
+def jsd_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon (negative sampling) MI loss, the blog's estimator.
+
+    ``softplus(-T(pos)).mean() + softplus(T(neg)).mean()``: binary cross-entropy with logits
+    where matched pairs are labelled 1 and mismatched pairs 0. Its minimum is 0 (a critic that
+    separates perfectly); a critic that scores everything 0 gives ``2 log 2``. ``2 log 2`` minus
+    the loss is, up to a factor, the Jensen-Shannon lower bound on mutual information.
+
+    Parameters
+    ----------
+    pos_scores, neg_scores : Tensor of any shape
+        Critic logits for matched and mismatched pairs. Every element is one pair; the mean
+        runs over all of them, so a local score map ``(B, h, w)`` is averaged over positions.
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(jsd_mi_loss(torch.zeros(4), torch.zeros(4)).item(), 4)  # 2 log 2
+    1.3863
+    """
+    return F.softplus(-pos_scores).mean() + F.softplus(neg_scores).mean()
+
+
+def global_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Global MI term: JSD loss of the global critic T1 on (image, code) pairs.
+
+    Parameters
+    ----------
+    pos_scores, neg_scores : Tensor of shape (B,)
+        ``T1(x_i, z_i)`` and ``T1(x_pi(i), z_i)``.
+    """
+    return jsd_mi_loss(pos_scores, neg_scores)
+
+
+def local_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Local MI term: JSD loss of the local critic T2, averaged over the h*w positions.
+
+    Parameters
+    ----------
+    pos_scores, neg_scores : Tensor of shape (B, h, w)
+        ``T2(C_ij(x_b), z_b)`` and ``T2(C_ij(x_pi(b)), z_b)`` at every position.
+    """
+    return jsd_mi_loss(pos_scores, neg_scores)
+
+
+def prior_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over code dimensions, mean over batch.
+
+    Parameters
+    ----------
+    mu, logvar : Tensor of shape (B, latent_dim)
+
+    Examples
+    --------
+    >>> import torch
+    >>> prior_kl(torch.zeros(3, 5), torch.zeros(3, 5)).item()  # a standard normal code
+    0.0
+    """
+    kl_per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl_per_dim.sum(dim=1).mean()
+
+
+def sample_code(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Reparameterised sample ``z = mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def derangement(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A random permutation of ``range(n)`` without fixed points: a random cyclic shift.
+
+    Negatives pair sample ``i`` with sample ``perm[i]``; a fixed point would be a "negative"
+    that is really the positive. Batches are shuffled, so a cyclic shift by a random
+    ``k in [1, n)`` pairs each sample with a random other one. Draws from torch's global RNG.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 2``: a batch of one has no negatives.
+
+    Examples
+    --------
+    >>> import torch
+    >>> perm = derangement(5)
+    >>> bool((perm != torch.arange(5)).all())
+    True
+    """
+    if n < 2:
+        raise ValueError(f"a batch of {n} sample(s) has no in-batch negatives; need at least 2")
+    shift = int(torch.randint(1, n, (1,)).item())
+    return torch.roll(torch.arange(n, device=device), shifts=shift)

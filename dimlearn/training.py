@@ -1,0 +1,130 @@
+"""The skorch side: one DIM training step, the batch iterator and the callbacks wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import PassthroughScoring, ProgressBar
+from torch import nn
+
+from .inputs import ArrayBatches
+
+TERM_NAMES = ("global", "local", "prior")
+
+
+class DeepInfomaxLoss(nn.Module):
+    """``alpha * global + beta * local + gamma * prior``; terms with weight 0 are skipped."""
+
+    def __init__(self, alpha: float, beta: float, gamma: float):
+        super().__init__()
+        self.weights = dict(zip(TERM_NAMES, (alpha, beta, gamma), strict=True))
+
+    @property
+    def active_terms(self) -> tuple[str, ...]:
+        return tuple(name for name, weight in self.weights.items() if weight > 0)
+
+    def forward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[name] * value for name, value in terms.items())
+
+
+def split_batches(n: int, batch_size: int) -> list[int]:
+    """Sizes of the batches an epoch of n samples is cut into.
+
+    ``ceil(n / batch_size)`` batches whose sizes differ by at most one, so that no sample is
+    dropped and no batch is ever of one sample (which has no negatives), for any ``n >= 2``.
+
+    Examples
+    --------
+    >>> split_batches(10, 4)
+    [4, 3, 3]
+    >>> split_batches(3, 2)
+    [3]
+    """
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to form a batch with negatives; got {n}")
+    n_batches = -(-n // batch_size)
+    n_batches = min(n_batches, n // 2)
+    base, extra = divmod(n, n_batches)
+    return [base + 1] * extra + [base] * (n_batches - extra)
+
+
+class ShuffledBatches:
+    """Iterable over one epoch: shuffled, nearly equal batches of ``(X_batch, None)``.
+
+    Used as skorch's ``iterator_train``. It draws the shuffle from torch's global RNG, which
+    the estimator seeds, and it converts each batch in one vectorised step, which is faster
+    than a ``DataLoader`` that fetches and collates sample by sample.
+    """
+
+    def __init__(self, dataset: ArrayBatches, batch_size: int):
+        self.dataset = dataset
+        self.sizes = split_batches(len(dataset), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.dataset)).numpy()
+        bounds = np.cumsum([0, *self.sizes])
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            # sorted rows read memory in order; the batch's content is what was drawn
+            yield self.dataset.take(np.sort(order[start:stop])), None
+
+
+class DeepInfomaxNet(NeuralNet):
+    """skorch ``NeuralNet`` that trains a :class:`~dimlearn.networks.DeepInfomaxModule`.
+
+    The module returns the loss terms of a batch, the criterion weighs them, and the terms are
+    recorded per batch so that :class:`~skorch.callbacks.PassthroughScoring` reports their
+    epoch means in the history next to ``train_loss``.
+    """
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, _ = batch
+        Xi = Xi.to(self.device, non_blocking=True)
+        terms = self.module_.terms(Xi, self.criterion_.active_terms)
+        loss = self.criterion_(terms)
+        loss.backward()
+        for name, value in terms.items():
+            self.history.record_batch(f"train_{name}", value.item())
+        return {"loss": loss, "y_pred": None}
+
+
+def build_net(module, *, alpha, beta, gamma, max_epochs, batch_size, lr, device, verbose):
+    """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``."""
+    criterion = DeepInfomaxLoss(alpha, beta, gamma)
+    callbacks = [
+        (f"train_{name}", PassthroughScoring(name=f"train_{name}", on_train=True))
+        for name in criterion.active_terms
+    ]
+    if verbose:
+        callbacks.append(("progress_bar", ProgressBar()))
+    return DeepInfomaxNet(
+        module,
+        criterion=criterion,
+        optimizer=torch.optim.Adam,
+        lr=lr,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        iterator_train=ShuffledBatches,
+        train_split=None,
+        callbacks=callbacks,
+        device=device,
+        verbose=int(verbose),
+    )
+
+
+@torch.no_grad()
+def encode(module: nn.Module, dataset: ArrayBatches, batch_size: int, device) -> np.ndarray:
+    """Code means of every sample, float32, computed batch by batch into one output array."""
+    module.eval()
+    n = len(dataset)
+    out = None
+    for start in range(0, n, batch_size):
+        mu = module(dataset.take(slice(start, start + batch_size)).to(device))
+        if out is None:
+            out = np.empty((n, mu.shape[1]), dtype=np.float32)
+        out[start : start + mu.shape[0]] = mu.cpu().numpy()
+    return out
