@@ -91,6 +91,11 @@ def resolve_layout(sample_shape: tuple, image_shape, image_layout: str) -> Layou
     (8, 8, 1)
     """
     sample_shape = tuple(int(s) for s in sample_shape)
+    if len(sample_shape) > 3:
+        raise ValueError(
+            f"X has {len(sample_shape) + 1} dimensions (samples of shape {sample_shape}); "
+            "expected (n, F), (n, H, W), (n, H, W, C) or (n, C, H, W)."
+        )
     if image_shape is not None:
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3) or min(image_shape) < 1:

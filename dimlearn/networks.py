@@ -15,6 +15,19 @@ MIN_IMAGE_SIDE = 8
 """Three stride-2 convolutions need at least 8 pixels per side to leave one position."""
 
 
+INITIAL_LOGVAR = -4.0
+"""Codes start nearly deterministic (std 0.14): with log-variance 0 at init, the sampling noise
+drowns the code's signal and the critics see chance for several epochs."""
+
+
+def code_head(in_features: int, latent_dim: int) -> nn.Linear:
+    """Linear layer to ``(mu, logvar)``, log-variance biased to :data:`INITIAL_LOGVAR`."""
+    head = nn.Linear(in_features, 2 * latent_dim)
+    with torch.no_grad():
+        head.bias[latent_dim:] = INITIAL_LOGVAR
+    return head
+
+
 def _conv_out(side: int) -> int:
     """Output side of a 4x4 convolution with stride 2 and padding 1."""
     return (side + 2 - 4) // 2 + 1
@@ -57,7 +70,7 @@ class ConvEncoder(nn.Module):
             nn.BatchNorm1d(16 * width),
             nn.ReLU(),
         )
-        self.to_code = nn.Linear(16 * width, 2 * latent_dim)
+        self.to_code = code_head(16 * width, latent_dim)
 
     def forward(self, x: torch.Tensor):
         local_map = self.to_local(x)
@@ -80,7 +93,7 @@ class MLPEncoder(nn.Module):
         self.local_shape = (hidden, 1, 1)
         self.to_local = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU())
         self.to_fc = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
-        self.to_code = nn.Linear(hidden, 2 * latent_dim)
+        self.to_code = code_head(hidden, latent_dim)
 
     def forward(self, x: torch.Tensor):
         hidden = self.to_local(x)

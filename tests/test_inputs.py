@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
+
+
+@pytest.mark.parametrize(
+    ("sample_shape", "image_shape", "layout", "expected"),
+    [
+        ((28, 28), None, "auto", ((28, 28, 1), True)),
+        ((32, 32, 3), None, "auto", ((32, 32, 3), True)),
+        ((3, 32, 32), None, "auto", ((3, 32, 32), False)),
+        ((64,), (8, 8), "auto", ((8, 8, 1), True)),
+        ((3072,), (32, 32, 3), "auto", ((32, 32, 3), True)),
+        ((3072,), (3, 32, 32), "auto", ((3, 32, 32), False)),
+        ((4, 4 * 9 * 3), None, "auto", None),  # not reached: 2-D samples are grey images
+    ][:-1],
+)
+def test_layouts_are_read(sample_shape, image_shape, layout, expected):
+    got = resolve_layout(sample_shape, image_shape, layout)
+    assert got.kind == "image"
+    assert (got.image_shape, got.channels_last) == expected
+
+
+def test_flat_rows_without_image_shape_are_tabular():
+    layout = resolve_layout((10,), None, "auto")
+    assert layout.kind == "tabular" and layout.channels == 10
+
+
+def test_ambiguous_layout_is_refused_not_guessed():
+    with pytest.raises(ValueError, match="image_layout='channels_last'"):
+        resolve_layout((3, 16, 3), None, "auto")
+    with pytest.raises(ValueError, match="Cannot tell"):
+        resolve_layout((16, 16, 16), None, "auto")
+    got = resolve_layout((16, 16, 16), None, "channels_first")
+    assert got.channels == 16 and not got.channels_last
+
+
+def test_image_shape_must_match_the_features():
+    with pytest.raises(ValueError, match="holds 64 values but each sample of X has 65"):
+        resolve_layout((65,), (8, 8), "auto")
+    with pytest.raises(ValueError, match="leave image_shape=None"):
+        resolve_layout((8, 8), (4, 16), "auto")
+
+
+def test_too_small_images_are_refused():
+    with pytest.raises(ValueError, match="too small for the conv encoder"):
+        resolve_layout((7, 7), None, "auto")
+
+
+def test_channel_stats_match_numpy_and_work_in_chunks(monkeypatch):
+    monkeypatch.setattr("dimlearn.inputs._STATS_CHUNK", 7)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(30, 8, 8, 3)).astype(np.uint8)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    mean, std = channel_stats(X, layout)
+    np.testing.assert_allclose(mean, X.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std, X.std(axis=(0, 1, 2)), rtol=1e-10)
+
+
+def test_constant_channel_gets_unit_scale():
+    X = np.ones((5, 3))
+    _, std = channel_stats(X, resolve_layout((3,), None, "auto"))
+    assert (std == 1.0).all()
+
+
+def test_batches_are_standardised_channels_first_float32():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(40, 8, 8, 3)).astype(np.uint8)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    data = ArrayBatches(X, layout, *channel_stats(X, layout))
+    batch = data.take(np.arange(40))
+    assert batch.dtype == torch.float32 and batch.shape == (40, 3, 8, 8)
+    np.testing.assert_allclose(batch.mean(dim=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(batch.std(dim=(0, 2, 3), unbiased=False), 1, atol=1e-4)
+    # channels-first input of the same pictures gives the same batch
+    Xc = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+    layout_c = resolve_layout(Xc.shape[1:], None, "auto")
+    data_c = ArrayBatches(Xc, layout_c, *channel_stats(Xc, layout_c))
+    torch.testing.assert_close(data_c.take(slice(0, 40)), batch)
+
+
+def test_readonly_input_gives_no_warning(recwarn):
+    X = np.arange(32 * 64, dtype=np.float32).reshape(32, 64)
+    X.setflags(write=False)
+    layout = resolve_layout((64,), (8, 8), "auto")
+    ArrayBatches(X, layout, *channel_stats(X, layout)).take(slice(0, 4))
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from dimlearn.objectives import (
+    derangement,
+    global_mi_loss,
+    jsd_mi_loss,
+    local_mi_loss,
+    prior_kl,
+    sample_code,
+)
+
+
+def test_constant_zero_critic_gives_two_log_two():
+    zeros = torch.zeros(16)
+    assert jsd_mi_loss(zeros, zeros).item() == pytest.approx(2 * math.log(2), abs=1e-6)
+    assert local_mi_loss(torch.zeros(4, 3, 3), torch.zeros(4, 3, 3)).item() == pytest.approx(
+        2 * math.log(2), abs=1e-6
+    )
+
+
+def test_perfectly_separating_critic_gives_loss_near_zero():
+    pos, neg = torch.full((8,), 30.0), torch.full((8,), -30.0)
+    assert global_mi_loss(pos, neg).item() < 1e-10
+
+
+def test_inverted_critic_is_penalised_linearly():
+    # softplus(x) ~ x for large x: a critic that swaps the labels pays about 2 * margin
+    pos, neg = torch.full((8,), -10.0), torch.full((8,), 10.0)
+    assert global_mi_loss(pos, neg).item() == pytest.approx(20.0, abs=1e-3)
+
+
+def test_jsd_matches_binary_cross_entropy_by_hand():
+    pos, neg = torch.tensor([1.0, -0.5]), torch.tensor([0.2, 2.0])
+    sig = torch.sigmoid
+    expected = -(torch.log(sig(pos)).mean() + torch.log(1 - sig(neg)).mean())
+    assert jsd_mi_loss(pos, neg).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_local_loss_averages_over_positions():
+    pos = torch.zeros(2, 2, 2)
+    pos[0, 0, 0] = 50.0  # one confident position out of 8 pairs
+    neg = torch.zeros(2, 2, 2)
+    expected = (7 * math.log(2) + 0.0) / 8 + math.log(2)
+    assert local_mi_loss(pos, neg).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_kl_of_standard_normal_code_is_zero():
+    assert prior_kl(torch.zeros(5, 7), torch.zeros(5, 7)).item() == 0.0
+
+
+def test_kl_by_hand_sums_dims_and_averages_batch():
+    mu = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # sample 0: 0.5 * 1 + 0.5 * (2 - 1 - log 2); sample 1: 0
+    expected = (0.5 + 0.5 * (1 - math.log(2))) / 2
+    assert prior_kl(mu, logvar).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sample_code_is_reparameterised():
+    torch.manual_seed(0)
+    mu = torch.full((20000, 1), 3.0, requires_grad=True)
+    logvar = torch.full((20000, 1), math.log(4.0))
+    z = sample_code(mu, logvar)
+    assert z.mean().item() == pytest.approx(3.0, abs=0.05)
+    assert z.std().item() == pytest.approx(2.0, abs=0.05)
+    z.sum().backward()
+    assert mu.grad is not None
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 128])
+def test_derangement_never_pairs_a_sample_with_itself(n):
+    for _ in range(50):
+        perm = derangement(n)
+        assert sorted(perm.tolist()) == list(range(n))
+        assert (perm != torch.arange(n)).all()
+
+
+def test_derangement_refuses_a_batch_of_one():
+    with pytest.raises(ValueError, match="no in-batch negatives"):
+        derangement(1)
