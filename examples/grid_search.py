@@ -1,0 +1,37 @@
+"""User story 2: GridSearchCV over the loss weights alpha, beta, gamma, in parallel.
+
+    python examples/grid_search.py [--quick]
+"""
+
+import argparse
+
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from dimlearn import DeepInfomaxTransformer
+
+
+def main(quick: bool) -> None:
+    X, y = load_digits(return_X_y=True)
+    params = dict(max_epochs=1, width=4) if quick else dict(max_epochs=10, width=16)
+    pipe = Pipeline(
+        [
+            ("dim", DeepInfomaxTransformer(image_shape=(8, 8), random_state=0, **params)),
+            ("clf", LogisticRegression(max_iter=5000)),
+        ]
+    )
+    grid = {"dim__alpha": [0.0, 0.5], "dim__beta": [1.0], "dim__gamma": [0.01, 0.1]}
+    search = GridSearchCV(pipe, grid, cv=3, n_jobs=2).fit(X, y)
+    for params, score in zip(
+        search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
+    ):
+        print(f"{params}: {score:.3f}")
+    print(f"best: {search.best_params_}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny network, 1 epoch")
+    main(parser.parse_args().quick)

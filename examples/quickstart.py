@@ -1,0 +1,60 @@
+"""The main job on data that ships with scikit-learn: fit Deep InfoMax on the 8x8 digits,
+compare a linear probe on its codes with PCA of the same size, and run an image search.
+
+    python examples/quickstart.py            # about 15 s on 2 CPU cores
+    python examples/quickstart.py --quick    # a smoke run
+"""
+
+import argparse
+import time
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dimlearn import DeepInfomaxTransformer
+
+
+def linear_probe(features, X_train, y_train, X_test, y_test):
+    """Test accuracy of StandardScaler + LogisticRegression on frozen features."""
+    probe = make_pipeline(features, StandardScaler(), LogisticRegression(max_iter=5000))
+    return probe.fit(X_train, y_train).score(X_test, y_test)
+
+
+def main(quick: bool) -> None:
+    X, y = load_digits(return_X_y=True)
+    images = X.reshape(-1, 8, 8)
+    X_train, X_test, y_train, y_test = train_test_split(
+        images, y, test_size=0.25, random_state=0, stratify=y
+    )
+    params = dict(max_epochs=2, width=8) if quick else {}
+    dim = DeepInfomaxTransformer(random_state=0, **params)
+    start = time.perf_counter()
+    dim.fit(X_train)
+    print(f"fitted Deep InfoMax on {len(X_train)} digits in {time.perf_counter() - start:.1f} s")
+
+    flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
+    k = dim.latent_dim
+    print(f"linear probe, test accuracy ({len(X_test)} digits):")
+    print(f"  DIM codes ({k}-d)  {linear_probe(dim, X_train, y_train, X_test, y_test):.3f}")
+    pca = PCA(n_components=min(k, flat_train.shape[1]))
+    print(f"  PCA ({pca.n_components}-d)        "
+          f"{linear_probe(pca, flat_train, y_train, flat_test, y_test):.3f}")
+
+    index = NearestNeighbors(n_neighbors=9, metric="cosine").fit(dim.transform(X_train))
+    _, neighbours = index.kneighbors(dim.transform(X_test[:5]))
+    print("image search: each test digit and the labels of its 9 nearest training digits")
+    for query, row in zip(y_test[:5], neighbours, strict=True):
+        share = np.mean(y_train[row] == query)
+        print(f"  {query} -> {' '.join(map(str, y_train[row]))}   ({share:.0%} same digit)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny network, 2 epochs")
+    main(parser.parse_args().quick)
