@@ -53,9 +53,8 @@ def resolve_device(device, *, strict: bool = True) -> torch.device:
     index = resolved.index or 0
     if index < count:
         return resolved
-    problem = (
-        f"device={device!r} was requested but "
-        + ("CUDA is not available here" if count == 0 else f"only {count} CUDA device(s) exist")
+    problem = f"device={device!r} was requested but " + (
+        "CUDA is not available here" if count == 0 else f"only {count} CUDA device(s) exist"
     )
     if strict:
         raise ValueError(f"{problem}. Use device='auto' or device='cpu'.")

@@ -1,6 +1,6 @@
 """User story 2: GridSearchCV over the loss weights alpha, beta, gamma, in parallel.
 
-    python examples/grid_search.py [--quick]
+python examples/grid_search.py [--quick]
 """
 
 import argparse

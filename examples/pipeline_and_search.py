@@ -29,8 +29,10 @@ def main(quick: bool) -> None:
     search = NearestNeighbors(n_neighbors=5, metric="cosine").fit(fitted.transform(X_train))
     distances, indices = search.kneighbors(fitted.transform(X_test[:3]))
     for query, row, dist in zip(y_test[:3], indices, distances, strict=True):
-        print(f"query {query}: neighbours {y_train[row].tolist()} at cosine distances "
-              f"{[round(float(d), 3) for d in dist]}")
+        print(
+            f"query {query}: neighbours {y_train[row].tolist()} at cosine distances "
+            f"{[round(float(d), 3) for d in dist]}"
+        )
 
 
 if __name__ == "__main__":

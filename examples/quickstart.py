@@ -43,8 +43,10 @@ def main(quick: bool) -> None:
     print(f"linear probe, test accuracy ({len(X_test)} digits):")
     print(f"  DIM codes ({k}-d)  {linear_probe(dim, X_train, y_train, X_test, y_test):.3f}")
     pca = PCA(n_components=min(k, flat_train.shape[1]))
-    print(f"  PCA ({pca.n_components}-d)        "
-          f"{linear_probe(pca, flat_train, y_train, flat_test, y_test):.3f}")
+    print(
+        f"  PCA ({pca.n_components}-d)        "
+        f"{linear_probe(pca, flat_train, y_train, flat_test, y_test):.3f}"
+    )
 
     index = NearestNeighbors(n_neighbors=9, metric="cosine").fit(dim.transform(X_train))
     _, neighbours = index.kneighbors(dim.transform(X_test[:5]))

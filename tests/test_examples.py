@@ -20,4 +20,9 @@ def test_example_runs(script):
 
 def test_all_user_stories_have_an_example():
     names = {p.name for p in EXAMPLES}
-    assert {"quickstart.py", "pipeline_and_search.py", "grid_search.py", "save_and_load.py"} <= names
+    assert {
+        "quickstart.py",
+        "pipeline_and_search.py",
+        "grid_search.py",
+        "save_and_load.py",
+    } <= names

@@ -4,9 +4,7 @@ import torch
 from dimlearn.networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
 
 
-@pytest.mark.parametrize(
-    ("side", "local_side"), [(32, 8), (28, 7), (8, 2)]
-)
+@pytest.mark.parametrize(("side", "local_side"), [(32, 8), (28, 7), (8, 2)])
 def test_conv_encoder_local_map_is_a_quarter_of_the_image(side, local_side):
     enc = ConvEncoder(in_channels=3, height=side, width_px=side, latent_dim=5, width=4)
     local_map, mu, logvar = enc(torch.zeros(2, 3, side, side))
