@@ -104,6 +104,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         refuses anything else rather than guess.
     max_epochs : int, default=20
         Passes over the training data.
+    max_time : float or None, default=None
+        Time budget for training, in seconds. Training stops at the end of the first epoch
+        after which the next one (predicted to take as long as the last) would overrun it;
+        at least one epoch runs. None trains for ``max_epochs``.
     batch_size : int, default=128
         Samples per training step; an epoch is cut into ``ceil(n / batch_size)`` batches of
         nearly equal size, so no sample is dropped and no batch is of one sample.
@@ -174,6 +178,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "image_shape": [None, tuple, list],
         "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "device": [str, torch.device],
@@ -191,6 +196,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         image_shape: tuple | None = None,
         image_layout: str = "auto",
         max_epochs: int = 20,
+        max_time: float | None = None,
         batch_size: int = 128,
         lr: float = 1e-3,
         device: str = "auto",
@@ -205,6 +211,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.image_shape = image_shape
         self.image_layout = image_layout
         self.max_epochs = max_epochs
+        self.max_time = max_time
         self.batch_size = batch_size
         self.lr = lr
         self.device = device
@@ -287,6 +294,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 beta=self.beta,
                 gamma=self.gamma,
                 max_epochs=self.max_epochs,
+                max_time=self.max_time,
                 batch_size=self.batch_size,
                 lr=self.lr,
                 device=device,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import PassthroughScoring, ProgressBar
+from skorch.callbacks import Callback, PassthroughScoring, ProgressBar
 from torch import nn
 
 from .inputs import ArrayBatches
@@ -72,6 +74,27 @@ class ShuffledBatches:
             yield self.dataset.take(np.sort(order[start:stop])), None
 
 
+class TimeBudget(Callback):
+    """Stops training at the end of an epoch when the next one would overrun ``seconds``.
+
+    The next epoch is predicted to take as long as the last; at least one epoch always runs.
+    Stopping works as in skorch's ``EarlyStopping``: a ``KeyboardInterrupt`` that
+    ``NeuralNet.fit`` catches, so the history and the module stay as after the last epoch.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_begin(self, net, **kwargs):
+        self.start_ = time.perf_counter()
+
+    def on_epoch_end(self, net, **kwargs):
+        elapsed = time.perf_counter() - self.start_
+        if elapsed + net.history[-1, "dur"] > self.seconds:
+            net.history.record("stopped_by_time", True)
+            raise KeyboardInterrupt
+
+
 class DeepInfomaxNet(NeuralNet):
     """skorch ``NeuralNet`` that trains a :class:`~dimlearn.networks.DeepInfomaxModule`.
 
@@ -92,13 +115,17 @@ class DeepInfomaxNet(NeuralNet):
         return {"loss": loss, "y_pred": None}
 
 
-def build_net(module, *, alpha, beta, gamma, max_epochs, batch_size, lr, device, verbose):
+def build_net(
+    module, *, alpha, beta, gamma, max_epochs, max_time, batch_size, lr, device, verbose
+):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``."""
     criterion = DeepInfomaxLoss(alpha, beta, gamma)
     callbacks = [
         (f"train_{name}", PassthroughScoring(name=f"train_{name}", on_train=True))
         for name in criterion.active_terms
     ]
+    if max_time is not None:
+        callbacks.append(("time_budget", TimeBudget(max_time)))
     if verbose:
         callbacks.append(("progress_bar", ProgressBar()))
     return DeepInfomaxNet(

@@ -172,6 +172,18 @@ def test_training_lowers_the_loss(digit_images):
     assert dim.loss_curve_[-1] < dim.loss_curve_[0] - 0.2
 
 
+def test_max_time_stops_training_within_the_budget(digit_images):
+    X, _ = digit_images
+    one = DeepInfomaxTransformer(**{**FAST, "max_epochs": 1}).fit(X[:300])
+    epoch = one.history_[-1, "dur"]
+    dim = DeepInfomaxTransformer(**{**FAST, "max_epochs": 1000, "max_time": 3.5 * epoch})
+    dim.fit(X[:300])
+    assert 1 <= dim.n_iter_ < 1000
+    assert dim.history_[-1, "stopped_by_time"]
+    assert sum(dim.history_[:, "dur"]) <= 3.5 * epoch * 1.5
+    assert len(dim.loss_curve_) == dim.n_iter_
+
+
 def test_feature_names_and_pandas_output(fitted_digits):
     pd = pytest.importorskip("pandas")
     dim, X, _ = fitted_digits
