@@ -1,0 +1,1 @@
+"""Commands that measure dimlearn: ``python -m benchmarks.quality`` and ``benchmarks.speed``."""

@@ -1,0 +1,200 @@
+"""What the benchmark commands share: data, machine facts, feature probes, result files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dimlearn.inputs import ArrayBatches
+
+DATA_DIR = Path(os.environ.get("DIMLEARN_DATA", Path(__file__).parents[2] / "shared" / "data"))
+RESULTS_DIR = Path(__file__).parent / "results"
+FILES = {"cifar10": "cifar10.npz", "fashion_mnist": "fashion_mnist.npz", "mnist": "mnist.npz"}
+DATASETS = ("digits", *FILES)
+
+
+class DatasetMissing(RuntimeError):
+    """The dataset's file is not where the benchmark looks for it."""
+
+
+def load_dataset(name: str, n_train: int | None, n_test: int | None, seed: int):
+    """``(X_train, y_train, X_test, y_test, class_names)``, random subsets of the given sizes.
+
+    digits comes with scikit-learn (a stratified 75/25 split, as 8x8 images); the others are
+    read from ``DIMLEARN_DATA`` (default ``../shared/data`` beside the repository).
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        X_tr, X_te, y_tr, y_te = train_test_split(
+            X.reshape(-1, 8, 8), y, test_size=0.25, random_state=seed, stratify=y
+        )
+        names = [str(i) for i in range(10)]
+    else:
+        path = DATA_DIR / FILES[name]
+        if not path.exists():
+            raise DatasetMissing(
+                f"{path} not found: set DIMLEARN_DATA to the folder holding {FILES[name]}"
+            )
+        with np.load(path) as d:
+            X_tr, y_tr, X_te, y_te = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+            names = list(d["class_names"]) if "class_names" in d else [str(i) for i in range(10)]
+    rng = np.random.default_rng(seed)
+
+    def subset(X, y, n):
+        if n is None or n >= len(X):
+            return X, y
+        rows = np.sort(rng.choice(len(X), size=n, replace=False))
+        return X[rows], y[rows]
+
+    return (*subset(X_tr, y_tr, n_train), *subset(X_te, y_te, n_test), names)
+
+
+def machine_info() -> dict:
+    """Cores, CPU model, GPU, library versions: what a reader needs to weigh a number."""
+    import sklearn
+    import skorch
+
+    import dimlearn
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "skorch": skorch.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "dimlearn": dimlearn.__version__,
+    }
+
+
+def machine_line(info: dict) -> str:
+    gpu = info["gpu"] or "no GPU"
+    return (
+        f"{info['cores']} cores ({info['cpu']}), {gpu}; Python {info['python']}, "
+        f"torch {info['torch']}, skorch {info['skorch']}, scikit-learn {info['scikit-learn']}"
+    )
+
+
+def probe_scores(Z_train, y_train, Z_test, y_test) -> dict:
+    """Linear probe, kNN-10 (cosine) and precision@k of frozen features.
+
+    linear: ``StandardScaler + LogisticRegression`` test accuracy. knn10_cos: majority vote of
+    the 10 nearest training samples by cosine distance. p@k_<metric>: the share of the k
+    nearest training samples that have the query's class (the image-search view).
+    """
+    Z_train = np.asarray(Z_train, dtype=np.float32).reshape(len(Z_train), -1)
+    Z_test = np.asarray(Z_test, dtype=np.float32).reshape(len(Z_test), -1)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    scores = {"linear": probe.fit(Z_train, y_train).score(Z_test, y_test)}
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    for metric, short in (("cosine", "cos"), ("euclidean", "euc")):
+        index = NearestNeighbors(n_neighbors=10, metric=metric).fit(Z_train)
+        _, neighbours = index.kneighbors(Z_test)
+        same = y_train[neighbours] == y_test[:, None]
+        scores[f"p@1_{short}"] = float(same[:, 0].mean())
+        scores[f"p@10_{short}"] = float(same.mean())
+        if metric == "cosine":
+            votes = np.apply_along_axis(np.bincount, 1, y_train[neighbours], minlength=n_classes)
+            scores["knn10_cos"] = float((votes.argmax(axis=1) == y_test).mean())
+    return scores
+
+
+def _batches(dim, X):
+    X = dim._validate_input(X, reset=False)
+    return ArrayBatches(X, dim._layout, dim.input_mean_, dim.input_scale_)
+
+
+@torch.no_grad()
+def pooled_local_features(dim, X, grid: int = 2, batch_size: int = 512) -> np.ndarray:
+    """The local map C(x), average-pooled to ``grid x grid`` and flattened (the "conv" level)."""
+    data = _batches(dim, X)
+    encoder = dim.module_.encoder.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        local_map = encoder(data.take(slice(start, start + batch_size)))[0]
+        out.append(F.adaptive_avg_pool2d(local_map, grid).flatten(1).numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def untrained_twin(dim, X, batch_size: int = 256):
+    """A copy of a fitted estimator whose networks keep their initial random weights.
+
+    Built with the fitted model's seed-free architecture and a fixed seed; BatchNorm
+    statistics are estimated from X (a cumulative average over one pass), as training would.
+    """
+    twin = copy.deepcopy(dim)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        module = dim._build_module(dim._layout)
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    module.train()
+    data = _batches(dim, X)
+    for start in range(0, len(data), batch_size):
+        module.encoder(data.take(slice(start, start + batch_size)))
+    for norm in norms:
+        norm.momentum = 0.1
+    twin.module_ = module.eval()
+    return twin
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def write_results(name: str, payload: dict, markdown: str, out_dir: Path = RESULTS_DIR) -> Path:
+    """Writes ``<name>.json`` and ``<name>.md``; returns the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    md_path = out_dir / f"{name}.md"
+    md_path.write_text(markdown)
+    return md_path
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """``columns`` are ``(key, header)``; floats in [0, 1] print as percentages."""
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{100 * value:.1f}" if 0 <= value <= 1 else f"{value:.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(k)) for k, _ in columns) + " |")
+    return "\n".join(lines) + "\n"

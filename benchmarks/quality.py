@@ -1,0 +1,167 @@
+"""Quality benchmark: fit DeepInfomaxTransformer on a dataset's training images and judge the
+frozen features on its test images, next to raw pixels, PCA and the untrained encoder.
+
+    python -m benchmarks.quality --dataset cifar10 --budget-minutes 5 --n-train 10000
+    python -m benchmarks.quality --dataset cifar10 --study ablation --budget-minutes 3
+    python -m benchmarks.quality --dataset digits --budget-minutes 0.5     # a quick run
+
+Studies: ``baselines`` (the seed's claims 1 and 3: DIM codes and pooled local map against
+raw pixels, PCA of the same size and the untrained encoder, plus a KNN figure) and
+``ablation`` (claim 2: global only, local only and both, each with and without the prior).
+Writes ``benchmarks/results/<name>.json``, ``.md`` and, for baselines, ``<name>_knn_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from dimlearn import DeepInfomaxTransformer
+
+from .common import (
+    DATASETS,
+    RESULTS_DIR,
+    DatasetMissing,
+    Stopwatch,
+    load_dataset,
+    machine_info,
+    machine_line,
+    markdown_table,
+    pooled_local_features,
+    probe_scores,
+    untrained_twin,
+    write_results,
+)
+
+ABLATION = [
+    ("global + local + prior", dict(alpha=0.5, beta=1.0, gamma=0.1)),
+    ("global + local", dict(alpha=0.5, beta=1.0, gamma=0.0)),
+    ("global + prior (beta=0)", dict(alpha=0.5, beta=0.0, gamma=0.1)),
+    ("global (beta=0)", dict(alpha=0.5, beta=0.0, gamma=0.0)),
+    ("local + prior (alpha=0)", dict(alpha=0.0, beta=1.0, gamma=0.1)),
+    ("local (alpha=0)", dict(alpha=0.0, beta=1.0, gamma=0.0)),
+]
+
+COLUMNS = [
+    ("features", "features"),
+    ("dims", "dims"),
+    ("linear", "linear %"),
+    ("knn10_cos", "kNN-10 cos %"),
+    ("p@1_cos", "P@1 cos"),
+    ("p@10_cos", "P@10 cos"),
+    ("p@1_euc", "P@1 euc"),
+    ("p@10_euc", "P@10 euc"),
+    ("epochs", "epochs"),
+    ("train_s", "train s"),
+]
+
+
+def fit_dim(X, budget_s, seed, **params):
+    dim = DeepInfomaxTransformer(
+        max_epochs=10_000, max_time=budget_s, random_state=seed, **params
+    )
+    with Stopwatch() as watch:
+        dim.fit(X)
+    return dim, {"epochs": dim.n_iter_, "train_s": watch.seconds}
+
+
+def scored(features, Z_train, Z_test, y_train, y_test, **extra):
+    row = {"features": features, "dims": int(np.prod(Z_train.shape[1:]))}
+    row.update(probe_scores(Z_train, y_train, Z_test, y_test))
+    row.update(extra)
+    print(f"  {features}: linear {row['linear']:.3f}, kNN-10 cos {row['knn10_cos']:.3f}",
+          flush=True)
+    return row
+
+
+def baselines_study(data, args):
+    X_tr, y_tr, X_te, y_te, _ = data
+    flat_tr, flat_te = X_tr.reshape(len(X_tr), -1), X_te.reshape(len(X_te), -1)
+    rows = [scored("raw pixels", flat_tr, flat_te, y_tr, y_te)]
+    dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed)
+    k = dim.latent_dim
+    pca = PCA(n_components=min(k, flat_tr.shape[1]), random_state=args.seed).fit(flat_tr)
+    rows.append(scored(f"PCA-{pca.n_components}", pca.transform(flat_tr),
+                       pca.transform(flat_te), y_tr, y_te))
+    twin = untrained_twin(dim, X_tr)
+    rows.append(scored("untrained encoder: code", twin.transform(X_tr), twin.transform(X_te),
+                       y_tr, y_te))
+    rows.append(scored("untrained encoder: pooled local map", pooled_local_features(twin, X_tr),
+                       pooled_local_features(twin, X_te), y_tr, y_te))
+    codes_tr, codes_te = dim.transform(X_tr), dim.transform(X_te)
+    rows.append(scored("DIM: code", codes_tr, codes_te, y_tr, y_te, **fit_info))
+    rows.append(scored("DIM: pooled local map", pooled_local_features(dim, X_tr),
+                       pooled_local_features(dim, X_te), y_tr, y_te, **fit_info))
+    figures = []
+    if not args.no_figure:
+        from .knn_figure import save_knn_figures
+
+        figures = save_knn_figures(X_tr, X_te, codes_tr, codes_te, args.name, args.out,
+                                   seed=args.seed)
+    return rows, {"dim_params": dim.get_params(), "figures": [str(f) for f in figures]}
+
+
+def ablation_study(data, args):
+    X_tr, y_tr, X_te, y_te, _ = data
+    rows = []
+    for label, weights in ABLATION:
+        dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed, **weights)
+        rows.append(scored(label, dim.transform(X_tr), dim.transform(X_te), y_tr, y_te,
+                           **fit_info))
+    return rows, {"configs": dict(ABLATION)}
+
+
+STUDIES = {"baselines": baselines_study, "ablation": ablation_study}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--study", choices=sorted(STUDIES), default="baselines")
+    parser.add_argument("--budget-minutes", type=float, default=5.0,
+                        help="training time per DIM model (default 5)")
+    parser.add_argument("--n-train", type=int, default=10_000,
+                        help="training images, a random subset (default 10000)")
+    parser.add_argument("--n-test", type=int, default=5_000,
+                        help="test images, a random subset (default 5000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="results file stem (default <dataset>_<study>)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument("--no-figure", action="store_true", help="skip the KNN figure")
+    args = parser.parse_args(argv)
+    args.name = args.name or f"{args.dataset}_{args.study}"
+
+    try:
+        data = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
+    except DatasetMissing as missing:
+        print(f"skipped: {missing}", file=sys.stderr)
+        return 0
+    info = machine_info()
+    print(f"{args.name}: {len(data[0])} train / {len(data[2])} test images; "
+          f"{machine_line(info)}", flush=True)
+    start = time.perf_counter()
+    rows, extra = STUDIES[args.study](data, args)
+    wall = time.perf_counter() - start
+
+    payload = {"name": args.name, "dataset": args.dataset, "study": args.study,
+               "n_train": len(data[0]), "n_test": len(data[2]), "seed": args.seed,
+               "budget_minutes": args.budget_minutes, "wall_seconds": wall,
+               "machine": info, "rows": rows, **extra}
+    header = (
+        f"## {args.name}\n\n{args.dataset}, {len(data[0])} train / {len(data[2])} test images, "
+        f"seed {args.seed}, DIM training budget {args.budget_minutes:g} min per model, "
+        f"whole run {wall / 60:.1f} min. Machine: {machine_line(info)}.\n"
+        f"Command: `python -m benchmarks.quality {' '.join(argv or sys.argv[1:])}`\n\n"
+    )
+    md = write_results(args.name, payload, header + markdown_table(rows, COLUMNS), args.out)
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
