@@ -185,16 +185,20 @@ def write_results(name: str, payload: dict, markdown: str, out_dir: Path = RESUL
     return md_path
 
 
-def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """``columns`` are ``(key, header)``; floats in [0, 1] print as percentages."""
+def markdown_table(rows: list[dict], columns: list[tuple]) -> str:
+    """``columns`` are ``(key, header)`` or ``(key, header, format)``; format ``"pct"``
+    prints a fraction as a percentage with one decimal."""
 
-    def cell(value):
-        if isinstance(value, float):
-            return f"{100 * value:.1f}" if 0 <= value <= 1 else f"{value:.1f}"
-        return "" if value is None else str(value)
+    def cell(value, fmt):
+        if value is None:
+            return ""
+        if fmt == "pct":
+            return f"{100 * value:.1f}"
+        return format(value, fmt) if fmt else str(value)
 
-    lines = ["| " + " | ".join(h for _, h in columns) + " |"]
+    lines = ["| " + " | ".join(c[1] for c in columns) + " |"]
     lines.append("|" + "---|" * len(columns))
     for row in rows:
-        lines.append("| " + " | ".join(cell(row.get(k)) for k, _ in columns) + " |")
+        cells = (cell(row.get(c[0]), c[2] if len(c) > 2 else None) for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

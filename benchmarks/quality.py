@@ -50,21 +50,19 @@ ABLATION = [
 COLUMNS = [
     ("features", "features"),
     ("dims", "dims"),
-    ("linear", "linear %"),
-    ("knn10_cos", "kNN-10 cos %"),
-    ("p@1_cos", "P@1 cos"),
-    ("p@10_cos", "P@10 cos"),
-    ("p@1_euc", "P@1 euc"),
-    ("p@10_euc", "P@10 euc"),
+    ("linear", "linear %", "pct"),
+    ("knn10_cos", "kNN-10 cos %", "pct"),
+    ("p@1_cos", "P@1 cos %", "pct"),
+    ("p@10_cos", "P@10 cos %", "pct"),
+    ("p@1_euc", "P@1 euc %", "pct"),
+    ("p@10_euc", "P@10 euc %", "pct"),
     ("epochs", "epochs"),
-    ("train_s", "train s"),
+    ("train_s", "train s", ".0f"),
 ]
 
 
 def fit_dim(X, budget_s, seed, **params):
-    dim = DeepInfomaxTransformer(
-        max_epochs=10_000, max_time=budget_s, random_state=seed, **params
-    )
+    dim = DeepInfomaxTransformer(max_epochs=10_000, max_time=budget_s, random_state=seed, **params)
     with Stopwatch() as watch:
         dim.fit(X)
     return dim, {"epochs": dim.n_iter_, "train_s": watch.seconds}
@@ -74,8 +72,9 @@ def scored(features, Z_train, Z_test, y_train, y_test, **extra):
     row = {"features": features, "dims": int(np.prod(Z_train.shape[1:]))}
     row.update(probe_scores(Z_train, y_train, Z_test, y_test))
     row.update(extra)
-    print(f"  {features}: linear {row['linear']:.3f}, kNN-10 cos {row['knn10_cos']:.3f}",
-          flush=True)
+    print(
+        f"  {features}: linear {row['linear']:.3f}, kNN-10 cos {row['knn10_cos']:.3f}", flush=True
+    )
     return row
 
 
@@ -86,23 +85,43 @@ def baselines_study(data, args):
     dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed)
     k = dim.latent_dim
     pca = PCA(n_components=min(k, flat_tr.shape[1]), random_state=args.seed).fit(flat_tr)
-    rows.append(scored(f"PCA-{pca.n_components}", pca.transform(flat_tr),
-                       pca.transform(flat_te), y_tr, y_te))
+    rows.append(
+        scored(
+            f"PCA-{pca.n_components}", pca.transform(flat_tr), pca.transform(flat_te), y_tr, y_te
+        )
+    )
     twin = untrained_twin(dim, X_tr)
-    rows.append(scored("untrained encoder: code", twin.transform(X_tr), twin.transform(X_te),
-                       y_tr, y_te))
-    rows.append(scored("untrained encoder: pooled local map", pooled_local_features(twin, X_tr),
-                       pooled_local_features(twin, X_te), y_tr, y_te))
+    rows.append(
+        scored("untrained encoder: code", twin.transform(X_tr), twin.transform(X_te), y_tr, y_te)
+    )
+    rows.append(
+        scored(
+            "untrained encoder: pooled local map",
+            pooled_local_features(twin, X_tr),
+            pooled_local_features(twin, X_te),
+            y_tr,
+            y_te,
+        )
+    )
     codes_tr, codes_te = dim.transform(X_tr), dim.transform(X_te)
     rows.append(scored("DIM: code", codes_tr, codes_te, y_tr, y_te, **fit_info))
-    rows.append(scored("DIM: pooled local map", pooled_local_features(dim, X_tr),
-                       pooled_local_features(dim, X_te), y_tr, y_te, **fit_info))
+    rows.append(
+        scored(
+            "DIM: pooled local map",
+            pooled_local_features(dim, X_tr),
+            pooled_local_features(dim, X_te),
+            y_tr,
+            y_te,
+            **fit_info,
+        )
+    )
     figures = []
     if not args.no_figure:
         from .knn_figure import save_knn_figures
 
-        figures = save_knn_figures(X_tr, X_te, codes_tr, codes_te, args.name, args.out,
-                                   seed=args.seed)
+        figures = save_knn_figures(
+            X_tr, X_te, codes_tr, codes_te, args.name, args.out, seed=args.seed
+        )
     return rows, {"dim_params": dim.get_params(), "figures": [str(f) for f in figures]}
 
 
@@ -111,8 +130,7 @@ def ablation_study(data, args):
     rows = []
     for label, weights in ABLATION:
         dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed, **weights)
-        rows.append(scored(label, dim.transform(X_tr), dim.transform(X_te), y_tr, y_te,
-                           **fit_info))
+        rows.append(scored(label, dim.transform(X_tr), dim.transform(X_te), y_tr, y_te, **fit_info))
     return rows, {"configs": dict(ABLATION)}
 
 
@@ -123,12 +141,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
     parser.add_argument("--study", choices=sorted(STUDIES), default="baselines")
-    parser.add_argument("--budget-minutes", type=float, default=5.0,
-                        help="training time per DIM model (default 5)")
-    parser.add_argument("--n-train", type=int, default=10_000,
-                        help="training images, a random subset (default 10000)")
-    parser.add_argument("--n-test", type=int, default=5_000,
-                        help="test images, a random subset (default 5000)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=5.0, help="training time per DIM model (default 5)"
+    )
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        default=10_000,
+        help="training images, a random subset (default 10000)",
+    )
+    parser.add_argument(
+        "--n-test", type=int, default=5_000, help="test images, a random subset (default 5000)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="results file stem (default <dataset>_<study>)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
@@ -142,16 +166,27 @@ def main(argv=None) -> int:
         print(f"skipped: {missing}", file=sys.stderr)
         return 0
     info = machine_info()
-    print(f"{args.name}: {len(data[0])} train / {len(data[2])} test images; "
-          f"{machine_line(info)}", flush=True)
+    print(
+        f"{args.name}: {len(data[0])} train / {len(data[2])} test images; {machine_line(info)}",
+        flush=True,
+    )
     start = time.perf_counter()
     rows, extra = STUDIES[args.study](data, args)
     wall = time.perf_counter() - start
 
-    payload = {"name": args.name, "dataset": args.dataset, "study": args.study,
-               "n_train": len(data[0]), "n_test": len(data[2]), "seed": args.seed,
-               "budget_minutes": args.budget_minutes, "wall_seconds": wall,
-               "machine": info, "rows": rows, **extra}
+    payload = {
+        "name": args.name,
+        "dataset": args.dataset,
+        "study": args.study,
+        "n_train": len(data[0]),
+        "n_test": len(data[2]),
+        "seed": args.seed,
+        "budget_minutes": args.budget_minutes,
+        "wall_seconds": wall,
+        "machine": info,
+        "rows": rows,
+        **extra,
+    }
     header = (
         f"## {args.name}\n\n{args.dataset}, {len(data[0])} train / {len(data[2])} test images, "
         f"seed {args.seed}, DIM training budget {args.budget_minutes:g} min per model, "

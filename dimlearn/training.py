@@ -115,9 +115,7 @@ class DeepInfomaxNet(NeuralNet):
         return {"loss": loss, "y_pred": None}
 
 
-def build_net(
-    module, *, alpha, beta, gamma, max_epochs, max_time, batch_size, lr, device, verbose
-):
+def build_net(module, *, alpha, beta, gamma, max_epochs, max_time, batch_size, lr, device, verbose):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``."""
     criterion = DeepInfomaxLoss(alpha, beta, gamma)
     callbacks = [

@@ -1,0 +1,142 @@
+"""The benchmark commands run end to end on tiny data (they are measured elsewhere, not here)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import quality, speed
+from benchmarks.common import load_dataset, markdown_table, probe_scores
+
+
+def test_quality_baselines_writes_table_json_and_figures(tmp_path):
+    args = [
+        "--dataset",
+        "digits",
+        "--budget-minutes",
+        "0.02",
+        "--n-train",
+        "200",
+        "--n-test",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "tiny",
+    ]
+    assert quality.main(args) == 0
+    payload = json.loads((tmp_path / "tiny.json").read_text())
+    features = [row["features"] for row in payload["rows"]]
+    assert features == [
+        "raw pixels",
+        "PCA-64",
+        "untrained encoder: code",
+        "untrained encoder: pooled local map",
+        "DIM: code",
+        "DIM: pooled local map",
+    ]
+    assert payload["machine"]["cores"] >= 1 and payload["machine"]["torch"]
+    for row in payload["rows"]:
+        assert 0 <= row["linear"] <= 1 and 0 <= row["knn10_cos"] <= 1
+    table = (tmp_path / "tiny.md").read_text()
+    assert "| DIM: code | 64 |" in table and "cores" in table
+    for metric in ("cosine", "euclidean"):
+        assert (tmp_path / f"tiny_knn_{metric}.png").stat().st_size > 1000
+
+
+def test_quality_ablation_has_six_configs(tmp_path):
+    args = [
+        "--dataset",
+        "digits",
+        "--study",
+        "ablation",
+        "--budget-minutes",
+        "0.01",
+        "--n-train",
+        "120",
+        "--n-test",
+        "60",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "abl",
+    ]
+    assert quality.main(args) == 0
+    rows = json.loads((tmp_path / "abl.json").read_text())["rows"]
+    assert len(rows) == 6 and all(row["epochs"] >= 1 for row in rows)
+
+
+def test_missing_dataset_is_skipped_with_a_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("benchmarks.common.DATA_DIR", tmp_path)
+    assert quality.main(["--dataset", "cifar10", "--out", str(tmp_path)]) == 0
+    assert "cifar10.npz not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_speed_benchmark_runs(tmp_path):
+    args = [
+        "--n-fit",
+        "64",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--widths",
+        "4",
+        "--transform-sizes",
+        "600",
+        "--out",
+        str(tmp_path),
+    ]
+    assert speed.main(args) == 0
+    payload = json.loads((tmp_path / "speed.json").read_text())
+    assert payload["fit"][0]["ratio"] > 0
+    assert payload["transform"][0]["n"] == 600 and payload["transform"][0]["img_s"] > 0
+
+
+def test_bare_loop_trains_the_module_it_builds(monkeypatch):
+    built = []
+    original = speed.DeepInfomaxTransformer._build_module
+
+    def spy(self, layout):
+        built.append(original(self, layout))
+        return built[-1]
+
+    monkeypatch.setattr(speed.DeepInfomaxTransformer, "_build_module", spy)
+    X = speed.synthetic_images(16)
+    speed.torch.manual_seed(0)
+    untouched = spy(
+        speed.DeepInfomaxTransformer(width=4), speed.resolve_layout(X.shape[1:], None, "auto")
+    ).state_dict()
+    assert speed.bare_torch_fit(X, width=4, epochs=1, batch_size=8, lr=1e-3, seed=0) > 0
+    trained = built[-1].state_dict()
+    assert untouched.keys() == trained.keys()
+    assert not all(speed.torch.equal(untouched[k], trained[k]) for k in trained)
+
+
+def test_probe_scores_on_separable_features():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    Z = np.eye(3)[y] * 5 + rng.normal(scale=0.1, size=(60, 3))
+    scores = probe_scores(Z[::2], y[::2], Z[1::2], y[1::2])
+    assert scores["linear"] == 1.0 and scores["knn10_cos"] == 1.0 and scores["p@1_euc"] == 1.0
+
+
+def test_digits_split_is_reproducible():
+    a, b = load_dataset("digits", 100, 50, seed=3), load_dataset("digits", 100, 50, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == (100, 8, 8) and a[2].shape == (50, 8, 8)
+
+
+def test_markdown_table_formats():
+    table = markdown_table([{"a": 0.5, "b": 2.0}], [("a", "A", "pct"), ("b", "B", ".2f")])
+    assert "| 50.0 | 2.00 |" in table
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist"])
+def test_real_datasets_load_when_present(name):
+    try:
+        X_tr, y_tr, X_te, y_te, names = load_dataset(name, 50, 20, seed=0)
+    except quality.DatasetMissing as missing:
+        pytest.skip(str(missing))
+    assert X_tr.dtype == np.uint8 and len(X_tr) == 50 and len(y_te) == 20 and len(names) == 10
