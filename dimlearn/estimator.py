@@ -88,6 +88,17 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         first hidden layer, a single position.
     gamma : float, default=0.1
         Weight of the KL divergence of the code to N(0, I), summed over code dimensions.
+    negatives : {"shuffle", "all"}, default="shuffle"
+        Which mismatched pairs the critics see: for each code, one other image of the batch
+        (``"shuffle"``, the seed's) or all the other images of the batch (``"all"``, the DIM
+        paper's; B - 1 negatives per code, cheap with ``critic="dot"``).
+    critic : {"concat", "dot"}, default="concat"
+        Critic form: an MLP scoring the concatenated pair (``"concat"``, the seed's) or a dot
+        product of separately embedded image and code (``"dot"``, the official DIM code's).
+        With ``negatives="all"``, ``"concat"`` runs its MLP on all B x B pairs (and, for the
+        local term, at every position): B times the cost of ``"dot"``.
+    mi_estimator : {"jsd", "infonce", "dv"}, default="jsd"
+        MI estimator: Jensen-Shannon (the seed's), infoNCE or Donsker-Varadhan (the paper's).
     latent_dim : int, default=64
         Size of the code, the number of output features.
     width : int, default=64
@@ -173,6 +184,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "alpha": [Interval(Real, 0, None, closed="left")],
         "beta": [Interval(Real, 0, None, closed="left")],
         "gamma": [Interval(Real, 0, None, closed="left")],
+        "negatives": [StrOptions({"shuffle", "all"})],
+        "critic": [StrOptions({"concat", "dot"})],
+        "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "width": [Interval(Integral, 1, None, closed="left")],
         "image_shape": [None, tuple, list],
@@ -191,6 +205,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         alpha: float = 0.5,
         beta: float = 1.0,
         gamma: float = 0.1,
+        negatives: str = "shuffle",
+        critic: str = "concat",
+        mi_estimator: str = "jsd",
         latent_dim: int = 64,
         width: int = 64,
         image_shape: tuple | None = None,
@@ -206,6 +223,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.alpha = alpha
         self.beta = beta
         self.gamma = gamma
+        self.negatives = negatives
+        self.critic = critic
+        self.mi_estimator = mi_estimator
         self.latent_dim = latent_dim
         self.width = width
         self.image_shape = image_shape
@@ -316,7 +336,14 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         else:
             height, width_px = layout.height_width
             encoder = ConvEncoder(layout.channels, height, width_px, self.latent_dim, self.width)
-        return DeepInfomaxModule(encoder, self.latent_dim, critic_hidden=8 * self.width)
+        return DeepInfomaxModule(
+            encoder,
+            self.latent_dim,
+            critic_hidden=8 * self.width,
+            critic=self.critic,
+            negatives=self.negatives,
+            mi_estimator=self.mi_estimator,
+        )
 
     def transform(self, X) -> np.ndarray:
         """Code means of X, float32 of shape (n_samples, latent_dim), computed in batches.

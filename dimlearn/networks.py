@@ -102,11 +102,11 @@ class MLPEncoder(nn.Module):
 
 
 class GlobalCritic(nn.Module):
-    """T1(x, z): a summary of the local map, concatenated with z, scored by an MLP.
+    """T1(x, z), the seed's concatenate-and-score form: an MLP on ``[summary of C(x), z]``.
 
-    The first layer of the scoring MLP acts on ``[summary, z]``; it is split into a summary
-    part and a code part so that the negatives, which pair shuffled summaries with the same
-    codes, reuse both halves instead of recomputing the layer.
+    The first layer of the scoring MLP is split into a summary part and a code part (a sum,
+    the same as acting on the concatenation), so each image and each code is embedded once
+    and any pairing of them, shuffled or all pairs, costs only the rest of the MLP.
     """
 
     def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
@@ -124,20 +124,20 @@ class GlobalCritic(nn.Module):
             nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
 
-    def forward(self, local_map: torch.Tensor, z: torch.Tensor, perm: torch.Tensor):
-        """Scores ``(T1(x_i, z_i), T1(x_perm[i], z_i))``, each of shape (B,)."""
-        s = self.from_summary(self.summary(local_map))
-        c = self.from_code(z)
-        pos = self.score(s + c).squeeze(1)
-        neg = self.score(s[perm] + c).squeeze(1)
-        return pos, neg
+    def embed(self, local_map: torch.Tensor, z: torch.Tensor):
+        """Image and code embeddings, each ``(B, hidden)``."""
+        return self.from_summary(self.summary(local_map)), self.from_code(z)
+
+    def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        """Scores of broadcast pairs: leading dims of the two parts broadcast together."""
+        return self.score(image_part + code_part).squeeze(-1)
 
 
 class LocalCritic(nn.Module):
-    """T2(C_ij, z): 1x1 convolutions over ``[C(x), z tiled to h x w]``.
+    """T2(C_ij, z), the seed's form: 1x1 convolutions over ``[C(x), z tiled to h x w]``.
 
-    The first 1x1 convolution is split into its map part and its code part (a sum, which is
-    the same as convolving the concatenation), so the code is never materialised h*w times.
+    The first 1x1 convolution is split into its map part and its code part, as in
+    :class:`GlobalCritic`, so the code is never materialised h*w times.
     """
 
     def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
@@ -149,13 +149,88 @@ class LocalCritic(nn.Module):
             nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1)
         )
 
-    def forward(self, local_map: torch.Tensor, z: torch.Tensor, perm: torch.Tensor):
-        """Scores at every position, ``(pos, neg)``, each of shape (B, h, w)."""
-        m = self.from_map(local_map)
-        c = self.from_code(z)[:, :, None, None]
-        pos = self.score(m + c).squeeze(1)
-        neg = self.score(m[perm] + c).squeeze(1)
-        return pos, neg
+    def embed(self, local_map: torch.Tensor, z: torch.Tensor):
+        """Map embedding ``(B, hidden, h, w)`` and code embedding ``(B, hidden, 1, 1)``."""
+        return self.from_map(local_map), self.from_code(z)[:, :, None, None]
+
+    def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        """Scores at every position of broadcast pairs, ``(*pairs, h, w)``."""
+        summed = image_part + code_part
+        lead, rest = summed.shape[:-3], summed.shape[-3:]
+        scores = self.score(summed.reshape(-1, *rest))
+        return scores.reshape(*lead, *rest[1:])
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+
+class GlobalDotCritic(nn.Module):
+    """T1(x, z) = f(summary of C(x)) . g(z), the official DIM code's encode-and-dot form.
+
+    Scoring a pair is one dot product, so all B x B pairs of a batch cost one matrix product.
+    """
+
+    def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
+        super().__init__()
+        channels, h, w = local_shape
+        self.image_side = nn.Sequential(
+            nn.Conv2d(channels, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            _mlp(64 * h * w, hidden, hidden),
+        )
+        self.code_side = _mlp(latent_dim, hidden, hidden)
+
+    def embed(self, local_map: torch.Tensor, z: torch.Tensor):
+        return self.image_side(local_map), self.code_side(z)
+
+    def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        return (image_part * code_part).sum(-1)
+
+
+class LocalDotCritic(nn.Module):
+    """T2(C_ij, z) = f(C_ij(x)) . g(z) with f a stack of 1x1 convolutions."""
+
+    def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
+        super().__init__()
+        channels = local_shape[0]
+        self.map_side = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1)
+        )
+        self.code_side = _mlp(latent_dim, hidden, hidden)
+
+    def embed(self, local_map: torch.Tensor, z: torch.Tensor):
+        return self.map_side(local_map), self.code_side(z)[:, :, None, None]
+
+    def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        return (image_part * code_part).sum(-3)
+
+
+CRITICS = {
+    "concat": (GlobalCritic, LocalCritic),
+    "dot": (GlobalDotCritic, LocalDotCritic),
+}
+
+
+def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None):
+    """Critic scores of matched pairs ``(B, ...)`` and mismatched pairs ``(B, K, ...)``.
+
+    Every code z_i is contrasted with its own image (positive) and with other images of the
+    batch: one, ``x_perm[i]`` (``negatives="shuffle"``, the seed's, K = 1), or all B - 1 of
+    them (``negatives="all"``, the DIM paper's). A sample is never its own negative.
+    """
+    image_part, code_part = critic.embed(local_map, z)
+    if negatives == "shuffle":
+        pos = critic.pair_scores(image_part, code_part)
+        return pos, critic.pair_scores(image_part[perm], code_part).unsqueeze(1)
+    # full[i, j] = T(x_j, z_i): row i holds every image scored against code i
+    full = critic.pair_scores(image_part.unsqueeze(0), code_part.unsqueeze(1))
+    n = full.shape[0]
+    diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
+    pos = full[diagonal]
+    neg = full[~diagonal].reshape(n, n - 1, *full.shape[2:])
+    return pos, neg
 
 
 class DeepInfomaxModule(nn.Module):
@@ -166,14 +241,28 @@ class DeepInfomaxModule(nn.Module):
     encoder : ConvEncoder or MLPEncoder
     latent_dim : int
     critic_hidden : int
-        Width of both critics' hidden layers.
+        Width of both critics' hidden layers (and of the dot critics' embeddings).
+    critic : {"concat", "dot"}
+    negatives : {"shuffle", "all"}
+    mi_estimator : {"jsd", "infonce", "dv"}
     """
 
-    def __init__(self, encoder: nn.Module, latent_dim: int, critic_hidden: int):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        latent_dim: int,
+        critic_hidden: int,
+        critic: str = "concat",
+        negatives: str = "shuffle",
+        mi_estimator: str = "jsd",
+    ):
         super().__init__()
         self.encoder = encoder
-        self.global_critic = GlobalCritic(encoder.local_shape, latent_dim, critic_hidden)
-        self.local_critic = LocalCritic(encoder.local_shape, latent_dim, critic_hidden)
+        global_cls, local_cls = CRITICS[critic]
+        self.global_critic = global_cls(encoder.local_shape, latent_dim, critic_hidden)
+        self.local_critic = local_cls(encoder.local_shape, latent_dim, critic_hidden)
+        self.negatives = negatives
+        self.mi_estimator = mi_estimator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[1]
@@ -187,11 +276,14 @@ class DeepInfomaxModule(nn.Module):
         out = {}
         if "global" in names or "local" in names:
             z = sample_code(mu, logvar)
-            perm = derangement(x.shape[0], device=x.device)
-            if "global" in names:
-                out["global"] = global_mi_loss(*self.global_critic(local_map, z, perm))
-            if "local" in names:
-                out["local"] = local_mi_loss(*self.local_critic(local_map, z, perm))
+            perm = derangement(x.shape[0], device=x.device) if self.negatives == "shuffle" else None
+            for name, critic, loss in (
+                ("global", self.global_critic, global_mi_loss),
+                ("local", self.local_critic, local_mi_loss),
+            ):
+                if name in names:
+                    pos, neg = contrast(critic, local_map, z, self.negatives, perm)
+                    out[name] = loss(pos, neg, self.mi_estimator)
         if "prior" in names:
             out["prior"] = prior_kl(mu, logvar)
         return out

@@ -38,26 +38,84 @@ def jsd_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Ten
     return F.softplus(-pos_scores).mean() + F.softplus(neg_scores).mean()
 
 
-def global_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """Global MI term: JSD loss of the global critic T1 on (image, code) pairs.
+def infonce_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """infoNCE loss (the DIM paper's): softmax cross-entropy of each positive against its
+    own negatives.
+
+    For code i, ``-log( exp T(pos_i) / (exp T(pos_i) + sum_k exp T(neg_ik)) )``, averaged.
+    ``log(K + 1)`` minus the loss is a lower bound on MI. A constant critic gives
+    ``log(K + 1)``; a perfectly separating one gives 0.
 
     Parameters
     ----------
-    pos_scores, neg_scores : Tensor of shape (B,)
-        ``T1(x_i, z_i)`` and ``T1(x_pi(i), z_i)``.
+    pos_scores : Tensor of shape (B, ...)
+    neg_scores : Tensor of shape (B, K, ...)
+        K negatives per positive, at the same trailing positions.
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(infonce_mi_loss(torch.zeros(4), torch.zeros(4, 3)).item(), 4)  # log 4
+    1.3863
     """
-    return jsd_mi_loss(pos_scores, neg_scores)
+    logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1)
+    return (torch.logsumexp(logits, dim=1) - pos_scores).mean()
 
 
-def local_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """Local MI term: JSD loss of the local critic T2, averaged over the h*w positions.
+def dv_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Donsker-Varadhan loss: ``-(E_pos[T] - log E_neg[exp T])``; the negated bound is the
+    DV lower bound on MI (the KL form). A constant critic gives 0; it is unbounded below.
+
+    Examples
+    --------
+    >>> import torch
+    >>> dv_mi_loss(torch.zeros(4), torch.zeros(4, 1)).item()
+    0.0
+    """
+    neg = neg_scores.flatten()
+    log_mean_exp = torch.logsumexp(neg, dim=0) - math.log(neg.numel())
+    return log_mean_exp - pos_scores.mean()
+
+
+MI_ESTIMATORS = {"jsd": jsd_mi_loss, "infonce": infonce_mi_loss, "dv": dv_mi_loss}
+
+
+def global_mi_loss(
+    pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str = "jsd"
+) -> torch.Tensor:
+    """Global MI term: the chosen estimator's loss for the global critic T1.
 
     Parameters
     ----------
-    pos_scores, neg_scores : Tensor of shape (B, h, w)
-        ``T2(C_ij(x_b), z_b)`` and ``T2(C_ij(x_pi(b)), z_b)`` at every position.
+    pos_scores : Tensor of shape (B,)
+        ``T1(x_i, z_i)``.
+    neg_scores : Tensor of shape (B,) or (B, K)
+        ``T1(x_j, z_i)`` for K other images j of the batch (the seed: K = 1, j = pi(i)).
+    estimator : {"jsd", "infonce", "dv"}
     """
-    return jsd_mi_loss(pos_scores, neg_scores)
+    return _mi_loss(pos_scores, neg_scores, estimator)
+
+
+def local_mi_loss(
+    pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str = "jsd"
+) -> torch.Tensor:
+    """Local MI term: the estimator's loss for the local critic T2, averaged over positions.
+
+    Parameters
+    ----------
+    pos_scores : Tensor of shape (B, h, w)
+        ``T2(C_ij(x_b), z_b)`` at every position.
+    neg_scores : Tensor of shape (B, h, w) or (B, K, h, w)
+        ``T2(C_ij(x_j), z_b)`` for K other images j, at the same position.
+    estimator : {"jsd", "infonce", "dv"}
+    """
+    return _mi_loss(pos_scores, neg_scores, estimator)
+
+
+def _mi_loss(pos_scores, neg_scores, estimator):
+    if neg_scores.dim() == pos_scores.dim():
+        neg_scores = neg_scores.unsqueeze(1)
+    return MI_ESTIMATORS[estimator](pos_scores, neg_scores)
 
 
 def prior_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

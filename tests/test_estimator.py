@@ -359,3 +359,18 @@ def test_no_warnings_on_a_clean_fit(digit_images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DeepInfomaxTransformer(**FAST).fit(X[:40]).transform(X[:10])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"negatives": "all", "critic": "dot", "mi_estimator": "infonce"},
+        {"negatives": "all", "critic": "concat", "mi_estimator": "jsd"},
+        {"negatives": "shuffle", "critic": "dot", "mi_estimator": "dv"},
+    ],
+)
+def test_objective_variants_fit_and_transform(digit_images, variant):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**FAST, **variant).fit(X[:64])
+    assert np.isfinite(dim.loss_curve_).all()
+    assert dim.transform(X[:5]).shape == (5, 8)

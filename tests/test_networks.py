@@ -47,3 +47,52 @@ def test_critics_at_init_score_near_chance():
     terms = module.terms(torch.randn(64, 6), ("global", "local"))
     for value in terms.values():
         assert 1.2 < value.item() < 1.6
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+@pytest.mark.parametrize("local", [False, True])
+def test_all_pairs_negatives_are_every_other_image_never_itself(critic, local):
+    from dimlearn.networks import CRITICS, contrast
+
+    torch.manual_seed(0)
+    local_shape = (6, 3, 3)
+    module = CRITICS[critic][int(local)](local_shape, latent_dim=4, hidden=8)
+    local_map, z = torch.randn(5, *local_shape), torch.randn(5, 4)
+    pos, neg = contrast(module, local_map, z, "all")
+    tail = (3, 3) if local else ()
+    assert pos.shape == (5, *tail) and neg.shape == (5, 4, *tail)
+    # by hand: code i against image j, one pair at a time
+    image_part, code_part = module.embed(local_map, z)
+
+    def score(j, i):
+        return module.pair_scores(image_part[j : j + 1], code_part[i : i + 1])[0]
+
+    for i in range(5):
+        torch.testing.assert_close(pos[i], score(i, i))
+        others = [j for j in range(5) if j != i]
+        for k, j in enumerate(others):
+            torch.testing.assert_close(neg[i, k], score(j, i))
+    # shuffle mode pairs code i with image perm[i], with the same positives
+    perm = torch.tensor([1, 2, 3, 4, 0])
+    pos_s, neg_s = contrast(module, local_map, z, "shuffle", perm)
+    torch.testing.assert_close(pos_s, pos)
+    torch.testing.assert_close(neg_s[:, 0], torch.stack([score(perm[i], i) for i in range(5)]))
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+@pytest.mark.parametrize("negatives", ["shuffle", "all"])
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+def test_every_objective_variant_backpropagates(critic, negatives, estimator):
+    torch.manual_seed(0)
+    module = DeepInfomaxModule(
+        ConvEncoder(1, 8, 8, 4, 4),
+        4,
+        8,
+        critic=critic,
+        negatives=negatives,
+        mi_estimator=estimator,
+    )
+    terms = module.terms(torch.randn(6, 1, 8, 8), ("global", "local", "prior"))
+    assert all(value.isfinite() for value in terms.values())
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)

@@ -5,7 +5,9 @@ import torch
 
 from dimlearn.objectives import (
     derangement,
+    dv_mi_loss,
     global_mi_loss,
+    infonce_mi_loss,
     jsd_mi_loss,
     local_mi_loss,
     prior_kl,
@@ -81,3 +83,33 @@ def test_derangement_never_pairs_a_sample_with_itself(n):
 def test_derangement_refuses_a_batch_of_one():
     with pytest.raises(ValueError, match="no in-batch negatives"):
         derangement(1)
+
+
+def test_infonce_constant_critic_gives_log_of_candidates():
+    pos, neg = torch.zeros(6), torch.zeros(6, 4)
+    assert infonce_mi_loss(pos, neg).item() == pytest.approx(math.log(5), abs=1e-6)
+
+
+def test_infonce_perfect_critic_gives_loss_near_zero():
+    assert infonce_mi_loss(torch.full((6,), 40.0), torch.full((6, 4), -40.0)).item() < 1e-10
+
+
+def test_infonce_by_hand():
+    pos, neg = torch.tensor([1.0]), torch.tensor([[0.0, 2.0]])
+    expected = -math.log(math.e / (math.e + 1 + math.e**2))
+    assert infonce_mi_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dv_by_hand():
+    pos, neg = torch.tensor([1.0, 3.0]), torch.tensor([[0.0], [math.log(3.0)]])
+    expected = -(2.0 - math.log((1 + 3) / 2))
+    assert dv_mi_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+def test_mi_terms_accept_one_or_many_negatives(estimator):
+    pos = torch.randn(4, 3, 3)
+    one = local_mi_loss(pos, torch.randn(4, 3, 3), estimator)
+    many = local_mi_loss(pos, torch.randn(4, 5, 3, 3), estimator)
+    assert one.dim() == 0 and many.dim() == 0
+    assert global_mi_loss(torch.randn(4), torch.randn(4, 3), estimator).isfinite()
