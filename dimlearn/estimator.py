@@ -105,6 +105,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Network width. The conv encoder has channels (w, 2w, 4w) and an fc layer of 16w
         units; the tabular encoder two hidden layers of 4w; the critics 8w hidden units.
         ``width=64`` is the reference DIM network (conv 64-128-256, fc 1024).
+    feature_level : {"code", "fc", "conv"}, default="code"
+        What ``transform`` returns, the DIM paper's three levels: the code mean
+        (``latent_dim`` wide), the fc layer before it (16w; 4w for tabular data), or the last
+        conv layer, flattened (4w x h/8 x w/8; the first hidden layer for tabular data). It
+        only reads the fitted network, so it may be changed after ``fit``.
     image_shape : tuple of int or None, default=None
         For flat 2-D input only: the shape of one image, ``(H, W)``, ``(H, W, C)`` or
         ``(C, H, W)``, such that ``X.reshape(n, *image_shape)`` gives the images. None means
@@ -189,6 +194,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "width": [Interval(Integral, 1, None, closed="left")],
+        "feature_level": [StrOptions({"code", "fc", "conv"})],
         "image_shape": [None, tuple, list],
         "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -210,6 +216,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         mi_estimator: str = "jsd",
         latent_dim: int = 64,
         width: int = 64,
+        feature_level: str = "code",
         image_shape: tuple | None = None,
         image_layout: str = "auto",
         max_epochs: int = 20,
@@ -228,6 +235,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.mi_estimator = mi_estimator
         self.latent_dim = latent_dim
         self.width = width
+        self.feature_level = feature_level
         self.image_shape = image_shape
         self.image_layout = image_layout
         self.max_epochs = max_epochs
@@ -327,7 +335,6 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.loss_curve_ = [float(v) for v in net.history[:, "train_loss"]]
         self.n_iter_ = len(net.history)
         self._layout = layout
-        self._n_features_out = self.latent_dim
         return self
 
     def _build_module(self, layout) -> DeepInfomaxModule:
@@ -346,7 +353,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         )
 
     def transform(self, X) -> np.ndarray:
-        """Code means of X, float32 of shape (n_samples, latent_dim), computed in batches.
+        """Features of X (by default the code means), float32, computed in batches.
 
         Parameters
         ----------
@@ -354,7 +361,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
         Returns
         -------
-        codes : ndarray of shape (n_samples, latent_dim), float32
+        features : ndarray of shape (n_samples, n_features_out), float32
+            ``n_features_out`` is ``latent_dim`` for ``feature_level="code"``.
         """
         check_is_fitted(self)
         X = self._validate_input(X, reset=False)
@@ -363,7 +371,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         module = self.module_
         if device.type != "cpu":
             module = copy.deepcopy(module).to(device)
-        return encode(module, dataset, _TRANSFORM_BATCH, device)
+        return encode(module, dataset, _TRANSFORM_BATCH, device, self.feature_level)
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.module_.encoder.feature_dims[self.feature_level]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -33,7 +33,26 @@ def _conv_out(side: int) -> int:
     return (side + 2 - 4) // 2 + 1
 
 
-class ConvEncoder(nn.Module):
+class _Encoder(nn.Module):
+    """Shared by the encoders: ``to_local`` -> ``to_fc`` -> ``to_code``.
+
+    The first ``n_conv_layers`` layers of ``to_fc`` end at the last conv layer (flattened):
+    the "conv" feature level. ``feature_dims`` gives each level's width.
+    """
+
+    n_conv_layers = 0
+
+    def features(self, x: torch.Tensor, level: str) -> torch.Tensor:
+        """Features at ``level``: ``"conv"`` (last conv layer, flattened), ``"fc"`` or
+        ``"code"`` (the code mean)."""
+        hidden = self.to_local(x)
+        if level == "conv":
+            return self.to_fc[: self.n_conv_layers](hidden).flatten(1)
+        fc = self.to_fc(hidden)
+        return fc if level == "fc" else self.to_code(fc).chunk(2, dim=1)[0]
+
+
+class ConvEncoder(_Encoder):
     """DCGAN-like image encoder of the official DIM code, scaled by ``width``.
 
     conv 4x4/2 (w) -> conv 4x4/2 (2w) + BN = local map -> conv 4x4/2 (4w) + BN -> fc (16w) + BN
@@ -71,6 +90,9 @@ class ConvEncoder(nn.Module):
             nn.ReLU(),
         )
         self.to_code = code_head(16 * width, latent_dim)
+        self.n_conv_layers = 4
+        conv_dims = 4 * width * sides[3][0] * sides[3][1]
+        self.feature_dims = {"conv": conv_dims, "fc": 16 * width, "code": latent_dim}
 
     def forward(self, x: torch.Tensor):
         local_map = self.to_local(x)
@@ -78,13 +100,14 @@ class ConvEncoder(nn.Module):
         return local_map, mu, logvar
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(_Encoder):
     """Encoder for tabular rows: two hidden layers of ``4 * width`` units.
 
     The first hidden layer plays the part of the local map, as a ``1 x 1`` map with
     ``4 * width`` channels: on tabular data the local term is the MI between that
     intermediate representation and the code, and the global term the MI between a learned
-    summary of it and the code. There are no positions to average over.
+    summary of it and the code. There are no positions to average over. Its "conv" feature
+    level is that first hidden layer.
     """
 
     def __init__(self, n_features: int, latent_dim: int, width: int):
@@ -94,6 +117,7 @@ class MLPEncoder(nn.Module):
         self.to_local = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU())
         self.to_fc = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
         self.to_code = code_head(hidden, latent_dim)
+        self.feature_dims = {"conv": hidden, "fc": hidden, "code": latent_dim}
 
     def forward(self, x: torch.Tensor):
         hidden = self.to_local(x)

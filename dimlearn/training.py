@@ -142,14 +142,16 @@ def build_net(module, *, alpha, beta, gamma, max_epochs, max_time, batch_size, l
 
 
 @torch.no_grad()
-def encode(module: nn.Module, dataset: ArrayBatches, batch_size: int, device) -> np.ndarray:
-    """Code means of every sample, float32, computed batch by batch into one output array."""
+def encode(
+    module: nn.Module, dataset: ArrayBatches, batch_size: int, device, level: str = "code"
+) -> np.ndarray:
+    """Features of every sample at ``level``, float32, batch by batch into one output array."""
     module.eval()
-    n = len(dataset)
-    out = None
-    for start in range(0, n, batch_size):
-        mu = module(dataset.take(slice(start, start + batch_size)).to(device))
-        if out is None:
-            out = np.empty((n, mu.shape[1]), dtype=np.float32)
-        out[start : start + mu.shape[0]] = mu.cpu().numpy()
+    encoder = module.encoder
+    out = np.empty((len(dataset), encoder.feature_dims[level]), dtype=np.float32)
+    for start in range(0, len(dataset), batch_size):
+        features = encoder.features(
+            dataset.take(slice(start, start + batch_size)).to(device), level
+        )
+        out[start : start + features.shape[0]] = features.cpu().numpy()
     return out

@@ -374,3 +374,37 @@ def test_objective_variants_fit_and_transform(digit_images, variant):
     dim = DeepInfomaxTransformer(**FAST, **variant).fit(X[:64])
     assert np.isfinite(dim.loss_curve_).all()
     assert dim.transform(X[:5]).shape == (5, 8)
+
+
+def test_feature_levels_of_the_paper(fitted_digits):
+    dim, X, _ = fitted_digits  # width 8, 8x8 images: conv 4x4/2 three times leaves 1x1
+    codes = dim.transform(X[:7])
+    widths = {}
+    try:
+        for level in ("code", "fc", "conv"):
+            out = dim.set_params(feature_level=level).transform(X[:7])
+            assert out.dtype == np.float32 and np.isfinite(out).all()
+            assert len(dim.get_feature_names_out()) == out.shape[1]
+            widths[level] = out.shape[1]
+    finally:
+        dim.set_params(feature_level="code")
+    assert widths == {"code": 16, "fc": 16 * 8, "conv": 4 * 8 * 1 * 1}
+    np.testing.assert_array_equal(dim.transform(X[:7]), codes)
+
+
+def test_fc_level_is_what_the_code_is_read_from(fitted_digits):
+    dim, X, _ = fitted_digits
+    try:
+        fc = torch.from_numpy(dim.set_params(feature_level="fc").transform(X[:5]))
+    finally:
+        dim.set_params(feature_level="code")
+    with torch.no_grad():
+        mu = dim.module_.encoder.to_code(fc).chunk(2, dim=1)[0]
+    np.testing.assert_allclose(mu.numpy(), dim.transform(X[:5]), rtol=1e-5, atol=1e-5)
+
+
+def test_tabular_feature_levels():
+    X = np.random.default_rng(0).normal(size=(30, 5))
+    dim = DeepInfomaxTransformer(**FAST).fit(X)
+    assert dim.set_params(feature_level="conv").transform(X).shape == (30, 16)
+    assert dim.set_params(feature_level="fc").transform(X).shape == (30, 16)
