@@ -6,8 +6,9 @@ frozen features on its test images, next to raw pixels, PCA and the untrained en
     python -m benchmarks.quality --dataset digits --budget-minutes 0.5     # a quick run
 
 Studies: ``baselines`` (the seed's claims 1 and 3: DIM codes and pooled local map against
-raw pixels, PCA of the same size and the untrained encoder, plus a KNN figure) and
-``ablation`` (claim 2: global only, local only and both, each with and without the prior).
+raw pixels, PCA of the same size and the untrained encoder, plus a KNN figure),
+``ablation`` (claim 2: global only, local only and both, each with and without the prior)
+and ``variants`` (negatives, critic form and MI estimator, each at the same budget).
 Writes ``benchmarks/results/<name>.json``, ``.md`` and, for baselines, ``<name>_knn_*.png``.
 """
 
@@ -45,6 +46,28 @@ ABLATION = [
     ("global (beta=0)", dict(alpha=0.5, beta=0.0, gamma=0.0)),
     ("local + prior (alpha=0)", dict(alpha=0.0, beta=1.0, gamma=0.1)),
     ("local (alpha=0)", dict(alpha=0.0, beta=1.0, gamma=0.0)),
+]
+
+SEED_FORM = dict(negatives="shuffle", critic="concat", mi_estimator="jsd")
+VARIANTS = [
+    ("seed's form, alpha .5 beta 1 gamma .1", dict(SEED_FORM, alpha=0.5, beta=1.0, gamma=0.1)),
+    ("seed's form, local only, no prior", dict(SEED_FORM, alpha=0.0, beta=1.0, gamma=0.0)),
+    (
+        "all pairs, dot, JSD, local only, no prior",
+        dict(negatives="all", critic="dot", mi_estimator="jsd", alpha=0.0, beta=1.0, gamma=0.0),
+    ),
+    (
+        "all pairs, dot, infoNCE, local only, no prior",
+        dict(negatives="all", critic="dot", mi_estimator="infonce", alpha=0.0, beta=1.0, gamma=0.0),
+    ),
+    (
+        "all pairs, dot, infoNCE, alpha .5 beta 1 gamma .1",
+        dict(negatives="all", critic="dot", mi_estimator="infonce", alpha=0.5, beta=1.0, gamma=0.1),
+    ),
+    (
+        "all pairs, dot, DV, local only, no prior",
+        dict(negatives="all", critic="dot", mi_estimator="dv", alpha=0.0, beta=1.0, gamma=0.0),
+    ),
 ]
 
 COLUMNS = [
