@@ -118,6 +118,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Where the channels of 3-D samples are. ``"auto"`` reads a last axis of at most 4
         (with a first axis above 4) as channels-last and the reverse as channels-first, and
         refuses anything else rather than guess.
+    augment : bool, default=False
+        Images only: a random crop (after reflection padding by an eighth of the side) and a
+        random horizontal flip of every training image, drawn anew each epoch (the seed's
+        multi-scale idea in its simplest form). Not for digits or text-like images, where
+        a mirror changes the class.
     max_epochs : int, default=20
         Passes over the training data.
     max_time : float or None, default=None
@@ -197,6 +202,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "feature_level": [StrOptions({"code", "fc", "conv"})],
         "image_shape": [None, tuple, list],
         "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
+        "augment": ["boolean"],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -219,6 +225,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         feature_level: str = "code",
         image_shape: tuple | None = None,
         image_layout: str = "auto",
+        augment: bool = False,
         max_epochs: int = 20,
         max_time: float | None = None,
         batch_size: int = 128,
@@ -238,6 +245,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.feature_level = feature_level
         self.image_shape = image_shape
         self.image_layout = image_layout
+        self.augment = augment
         self.max_epochs = max_epochs
         self.max_time = max_time
         self.batch_size = batch_size
@@ -307,6 +315,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         device = resolve_device(self.device, strict=True)
         X = self._validate_input(X, reset=True)
         layout = resolve_layout(X.shape[1:], self.image_shape, self.image_layout)
+        if self.augment and layout.kind != "image":
+            raise ValueError(
+                "augment=True crops and flips images, but X was read as tabular rows. "
+                "Pass image_shape for flat images, or set augment=False."
+            )
         self.sample_shape_ = tuple(X.shape[1:])
         self.input_mean_, self.input_scale_ = channel_stats(X, layout)
         dataset = ArrayBatches(X, layout, self.input_mean_, self.input_scale_)
@@ -327,6 +340,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 lr=self.lr,
                 device=device,
                 verbose=self.verbose,
+                augment=self.augment,
             )
             net.fit(dataset, None)
 

@@ -204,3 +204,29 @@ class ArrayBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return self.take(slice(index, index + 1))[0]
+
+
+def random_crop_flip(images: torch.Tensor) -> torch.Tensor:
+    """Random crop after reflection padding, and a random horizontal flip, per image.
+
+    Pads by an eighth of the side (4 px on 32x32, the usual CIFAR setting), crops back to
+    the original size at a random offset, and mirrors half of the images. Draws from torch's
+    global RNG. ``images`` is ``(B, C, H, W)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> random_crop_flip(torch.zeros(5, 3, 32, 32)).shape
+    torch.Size([5, 3, 32, 32])
+    """
+    n, _, h, w = images.shape
+    pad_h, pad_w = max(1, h // 8), max(1, w // 8)
+    padded = torch.nn.functional.pad(images, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
+    top = torch.randint(0, 2 * pad_h + 1, (n, 1, 1))
+    left = torch.randint(0, 2 * pad_w + 1, (n, 1, 1))
+    rows = top + torch.arange(h)[None, :, None]
+    cols = left + torch.arange(w)[None, None, :]
+    flip = torch.rand(n) < 0.5
+    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
+    cropped = padded[torch.arange(n)[:, None, None], :, rows, cols]  # (B, H, W, C)
+    return cropped.permute(0, 3, 1, 2).contiguous()

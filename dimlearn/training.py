@@ -10,7 +10,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, PassthroughScoring, ProgressBar
 from torch import nn
 
-from .inputs import ArrayBatches
+from .inputs import ArrayBatches, random_crop_flip
 
 TERM_NAMES = ("global", "local", "prior")
 
@@ -59,9 +59,10 @@ class ShuffledBatches:
     than a ``DataLoader`` that fetches and collates sample by sample.
     """
 
-    def __init__(self, dataset: ArrayBatches, batch_size: int):
+    def __init__(self, dataset: ArrayBatches, batch_size: int, augment: bool = False):
         self.dataset = dataset
         self.sizes = split_batches(len(dataset), batch_size)
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -71,7 +72,8 @@ class ShuffledBatches:
         bounds = np.cumsum([0, *self.sizes])
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             # sorted rows read memory in order; the batch's content is what was drawn
-            yield self.dataset.take(np.sort(order[start:stop])), None
+            batch = self.dataset.take(np.sort(order[start:stop]))
+            yield (random_crop_flip(batch) if self.augment else batch), None
 
 
 class TimeBudget(Callback):
@@ -115,7 +117,20 @@ class DeepInfomaxNet(NeuralNet):
         return {"loss": loss, "y_pred": None}
 
 
-def build_net(module, *, alpha, beta, gamma, max_epochs, max_time, batch_size, lr, device, verbose):
+def build_net(
+    module,
+    *,
+    alpha,
+    beta,
+    gamma,
+    max_epochs,
+    max_time,
+    batch_size,
+    lr,
+    device,
+    verbose,
+    augment=False,
+):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``."""
     criterion = DeepInfomaxLoss(alpha, beta, gamma)
     callbacks = [
@@ -134,6 +149,7 @@ def build_net(module, *, alpha, beta, gamma, max_epochs, max_time, batch_size, l
         max_epochs=max_epochs,
         batch_size=batch_size,
         iterator_train=ShuffledBatches,
+        iterator_train__augment=augment,
         train_split=None,
         callbacks=callbacks,
         device=device,

@@ -408,3 +408,17 @@ def test_tabular_feature_levels():
     dim = DeepInfomaxTransformer(**FAST).fit(X)
     assert dim.set_params(feature_level="conv").transform(X).shape == (30, 16)
     assert dim.set_params(feature_level="fc").transform(X).shape == (30, 16)
+
+
+def test_augmentation_trains_and_is_reproducible():
+    X = small_images(n=24, shape=(16, 16, 3))
+    a = DeepInfomaxTransformer(**FAST, augment=True).fit(X).transform(X)
+    b = DeepInfomaxTransformer(**FAST, augment=True).fit(X).transform(X)
+    c = DeepInfomaxTransformer(**FAST).fit(X).transform(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_augmentation_of_tabular_rows_is_refused(no_training):
+    with pytest.raises(ValueError, match="augment=True crops and flips images"):
+        DeepInfomaxTransformer(**FAST, augment=True).fit(np.zeros((5, 3)))
