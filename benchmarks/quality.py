@@ -70,6 +70,28 @@ VARIANTS = [
     ),
 ]
 
+SEED_FORM = dict(negatives="shuffle", critic="concat", mi_estimator="jsd")
+ALL_DOT = dict(negatives="all", critic="dot")
+LOCAL_ONLY = dict(alpha=0.0, beta=1.0, gamma=0.0)
+VARIANTS = [
+    ("seed's form, alpha .5 beta 1 gamma .1", dict(SEED_FORM, alpha=0.5, beta=1.0, gamma=0.1)),
+    ("seed's form, local only, no prior", dict(SEED_FORM, **LOCAL_ONLY)),
+    ("all pairs, dot, JSD, local only, no prior", dict(ALL_DOT, mi_estimator="jsd", **LOCAL_ONLY)),
+    (
+        "all pairs, dot, infoNCE, local only, no prior",
+        dict(ALL_DOT, mi_estimator="infonce", **LOCAL_ONLY),
+    ),
+    (
+        "all pairs, dot, infoNCE, alpha .5 beta 1 gamma .1",
+        dict(ALL_DOT, mi_estimator="infonce", alpha=0.5, beta=1.0, gamma=0.1),
+    ),
+    (
+        "all pairs, dot, infoNCE, local only, no prior, augment",
+        dict(ALL_DOT, mi_estimator="infonce", augment=True, **LOCAL_ONLY),
+    ),
+    ("all pairs, dot, DV, local only, no prior", dict(ALL_DOT, mi_estimator="dv", **LOCAL_ONLY)),
+]
+
 COLUMNS = [
     ("features", "features"),
     ("dims", "dims"),
@@ -148,16 +170,24 @@ def baselines_study(data, args):
     return rows, {"dim_params": dim.get_params(), "figures": [str(f) for f in figures]}
 
 
-def ablation_study(data, args):
+def _configs_study(configs, data, args):
     X_tr, y_tr, X_te, y_te, _ = data
     rows = []
-    for label, weights in ABLATION:
-        dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed, **weights)
+    for label, params in configs:
+        dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed, **params)
         rows.append(scored(label, dim.transform(X_tr), dim.transform(X_te), y_tr, y_te, **fit_info))
-    return rows, {"configs": dict(ABLATION)}
+    return rows, {"configs": dict(configs)}
 
 
-STUDIES = {"baselines": baselines_study, "ablation": ablation_study}
+def ablation_study(data, args):
+    return _configs_study(ABLATION, data, args)
+
+
+def variants_study(data, args):
+    return _configs_study(VARIANTS, data, args)
+
+
+STUDIES = {"baselines": baselines_study, "ablation": ablation_study, "variants": variants_study}
 
 
 def main(argv=None) -> int:

@@ -140,3 +140,12 @@ def test_real_datasets_load_when_present(name):
     except quality.DatasetMissing as missing:
         pytest.skip(str(missing))
     assert X_tr.dtype == np.uint8 and len(X_tr) == 50 and len(y_te) == 20 and len(names) == 10
+
+
+def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "VARIANTS", quality.VARIANTS[:3:2])
+    args = ["--dataset", "digits", "--study", "variants", "--budget-minutes", "0.01",
+            "--n-train", "100", "--n-test", "50", "--out", str(tmp_path), "--name", "var"]
+    assert quality.main(args) == 0
+    rows = json.loads((tmp_path / "var.json").read_text())["rows"]
+    assert [row["features"] for row in rows] == [label for label, _ in quality.VARIANTS]
