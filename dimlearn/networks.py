@@ -156,6 +156,10 @@ class GlobalCritic(nn.Module):
         """Scores of broadcast pairs: leading dims of the two parts broadcast together."""
         return self.score(image_part + code_part).squeeze(-1)
 
+    def all_pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        """``(B_code, B_image)`` scores of every code against every image."""
+        return self.pair_scores(image_part.unsqueeze(0), code_part.unsqueeze(1))
+
 
 class LocalCritic(nn.Module):
     """T2(C_ij, z), the seed's form: 1x1 convolutions over ``[C(x), z tiled to h x w]``.
@@ -183,6 +187,10 @@ class LocalCritic(nn.Module):
         lead, rest = summed.shape[:-3], summed.shape[-3:]
         scores = self.score(summed.reshape(-1, *rest))
         return scores.reshape(*lead, *rest[1:])
+
+    def all_pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        """``(B_code, B_image, h, w)``: the MLP runs on all B x B pairs at every position."""
+        return self.pair_scores(image_part.unsqueeze(0), code_part.unsqueeze(1))
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -212,6 +220,10 @@ class GlobalDotCritic(nn.Module):
     def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
         return (image_part * code_part).sum(-1)
 
+    def all_pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        """``(B_code, B_image)`` in one matrix product."""
+        return code_part @ image_part.T
+
 
 class LocalDotCritic(nn.Module):
     """T2(C_ij, z) = f(C_ij(x)) . g(z) with f a stack of 1x1 convolutions."""
@@ -229,6 +241,11 @@ class LocalDotCritic(nn.Module):
 
     def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
         return (image_part * code_part).sum(-3)
+
+    def all_pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
+        """``(B_code, B_image, h, w)`` as one contraction over the embedding, never
+        materialising the ``B x B x D x h x w`` products."""
+        return torch.einsum("id,jdhw->ijhw", code_part[:, :, 0, 0], image_part)
 
 
 CRITICS = {
@@ -249,7 +266,7 @@ def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None):
         pos = critic.pair_scores(image_part, code_part)
         return pos, critic.pair_scores(image_part[perm], code_part).unsqueeze(1)
     # full[i, j] = T(x_j, z_i): row i holds every image scored against code i
-    full = critic.pair_scores(image_part.unsqueeze(0), code_part.unsqueeze(1))
+    full = critic.all_pair_scores(image_part, code_part)
     n = full.shape[0]
     diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
     pos = full[diagonal]
