@@ -125,6 +125,18 @@ class MLPEncoder(_Encoder):
         return hidden[:, :, None, None], mu, logvar
 
 
+def _map_summary(local_shape: tuple[int, int, int], head) -> nn.Sequential:
+    """The global critics' image side: a 3x3 conv over C(x), flattened, then ``head(n_in)``."""
+    channels, h, w = local_shape
+    return nn.Sequential(
+        nn.Conv2d(channels, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), head(64 * h * w)
+    )
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+
 class GlobalCritic(nn.Module):
     """T1(x, z), the seed's concatenate-and-score form: an MLP on ``[summary of C(x), z]``.
 
@@ -135,13 +147,7 @@ class GlobalCritic(nn.Module):
 
     def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
         super().__init__()
-        channels, h, w = local_shape
-        self.summary = nn.Sequential(
-            nn.Conv2d(channels, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(64 * h * w, hidden),
-        )
+        self.summary = _map_summary(local_shape, lambda n: nn.Linear(n, hidden))
         self.from_summary = nn.Linear(hidden, hidden)
         self.from_code = nn.Linear(latent_dim, hidden, bias=False)
         self.score = nn.Sequential(
@@ -193,10 +199,6 @@ class LocalCritic(nn.Module):
         return self.pair_scores(image_part.unsqueeze(0), code_part.unsqueeze(1))
 
 
-def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
-
-
 class GlobalDotCritic(nn.Module):
     """T1(x, z) = f(summary of C(x)) . g(z), the official DIM code's encode-and-dot form.
 
@@ -205,13 +207,7 @@ class GlobalDotCritic(nn.Module):
 
     def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
         super().__init__()
-        channels, h, w = local_shape
-        self.image_side = nn.Sequential(
-            nn.Conv2d(channels, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            _mlp(64 * h * w, hidden, hidden),
-        )
+        self.image_side = _map_summary(local_shape, lambda n: _mlp(n, hidden, hidden))
         self.code_side = _mlp(latent_dim, hidden, hidden)
 
     def embed(self, local_map: torch.Tensor, z: torch.Tensor):
