@@ -67,9 +67,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     information between its inputs and their codes.
 
     ``fit`` trains an encoder, a global critic and a local critic jointly (through skorch) on
-    ``alpha * global MI + beta * local MI + gamma * KL prior``, the objective of the DIM blog
-    post (Jensen-Shannon estimator, in-batch shuffled negatives, reparameterised Gaussian
-    code). ``transform`` returns the code mean, a ``latent_dim``-wide float32 feature vector.
+    ``alpha * global MI + beta * local MI + gamma * KL prior`` with a reparameterised
+    Gaussian code. The DIM blog post's exact objective (Jensen-Shannon estimator, one
+    shuffled in-batch negative, concatenate-and-score critics) is available through
+    ``negatives``, ``critic`` and ``mi_estimator``; the defaults use the DIM paper's
+    stronger choices. ``transform`` returns the code mean, a ``latent_dim``-wide float32
+    feature vector.
 
     Inputs may be images, ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``, in uint8 or
     float; flat images ``(n, H*W*C)`` with ``image_shape`` given; or any other 2-D numeric
@@ -80,24 +83,24 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     Parameters
     ----------
-    alpha : float, default=0.5
+    alpha : float, default=0.0
         Weight of the global MI term (critic on a summary of the image and the code).
     beta : float, default=1.0
         Weight of the local MI term (critic on every position of the local feature map and
         the code, averaged over positions). On tabular data the "local map" is the encoder's
         first hidden layer, a single position.
-    gamma : float, default=0.1
+    gamma : float, default=0.0
         Weight of the KL divergence of the code to N(0, I), summed over code dimensions.
-    negatives : {"shuffle", "all"}, default="shuffle"
+    negatives : {"shuffle", "all"}, default="all"
         Which mismatched pairs the critics see: for each code, one other image of the batch
         (``"shuffle"``, the seed's) or all the other images of the batch (``"all"``, the DIM
         paper's; B - 1 negatives per code, cheap with ``critic="dot"``).
-    critic : {"concat", "dot"}, default="concat"
+    critic : {"concat", "dot"}, default="dot"
         Critic form: an MLP scoring the concatenated pair (``"concat"``, the seed's) or a dot
         product of separately embedded image and code (``"dot"``, the official DIM code's).
         With ``negatives="all"``, ``"concat"`` runs its MLP on all B x B pairs (and, for the
         local term, at every position): B times the cost of ``"dot"``.
-    mi_estimator : {"jsd", "infonce", "dv"}, default="jsd"
+    mi_estimator : {"jsd", "infonce", "dv"}, default="infonce"
         MI estimator: Jensen-Shannon (the seed's), infoNCE or Donsker-Varadhan (the paper's).
     latent_dim : int, default=64
         Size of the code, the number of output features.
@@ -167,13 +170,16 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     Notes
     -----
-    Why these defaults: ``alpha=0.5, beta=1.0, gamma=0.1`` weight the local term most, as
-    the blog and the paper find it is what makes codes useful, keep a smaller global term,
-    and use the DIM paper's prior weight for DIM(L); the blog's own code uses
-    ``beta=1.5, gamma=0.01`` with a KL averaged (not summed) over dimensions, which is of the
-    same order. ``latent_dim=64`` and ``width=64`` are the DIM paper's network;
-    ``batch_size=128`` and ``lr=1e-3`` are its and the blog's optimiser settings. They
-    were checked on scikit-learn's digits (see the README's results).
+    Why these defaults: they are the best features per minute of training measured so far
+    (``benchmarks/results/cifar10_variants.md``: CIFAR-10, 10k images, 200 s on 2 CPU
+    cores). Local MI alone (``alpha=0, beta=1``, the DIM paper's DIM(L)), all other images of
+    the batch as negatives, dot-product critics and the infoNCE estimator reach 52.2% linear /
+    45.2% kNN-10 on the codes, against 32.8 / 29.9 for the seed's exact form
+    (``alpha=0.5, beta=1, gamma=0.1, negatives="shuffle", critic="concat",
+    mi_estimator="jsd"``, still one ``set_params`` away) and 36.9 / 38.4 for PCA. The prior
+    is off (``gamma=0``) because every run with it gave worse codes at these budgets.
+    ``latent_dim=64`` and ``width=64`` are the DIM paper's network; ``batch_size=128`` and
+    ``lr=1e-3`` its and the blog's optimiser settings.
 
     References
     ----------
@@ -214,12 +220,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     def __init__(
         self,
-        alpha: float = 0.5,
+        alpha: float = 0.0,
         beta: float = 1.0,
-        gamma: float = 0.1,
-        negatives: str = "shuffle",
-        critic: str = "concat",
-        mi_estimator: str = "jsd",
+        gamma: float = 0.0,
+        negatives: str = "all",
+        critic: str = "dot",
+        mi_estimator: str = "infonce",
         latent_dim: int = 64,
         width: int = 64,
         feature_level: str = "code",

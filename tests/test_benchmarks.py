@@ -144,8 +144,22 @@ def test_real_datasets_load_when_present(name):
 
 def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "VARIANTS", quality.VARIANTS[:3:2])
-    args = ["--dataset", "digits", "--study", "variants", "--budget-minutes", "0.01",
-            "--n-train", "100", "--n-test", "50", "--out", str(tmp_path), "--name", "var"]
+    args = [
+        "--dataset",
+        "digits",
+        "--study",
+        "variants",
+        "--budget-minutes",
+        "0.01",
+        "--n-train",
+        "100",
+        "--n-test",
+        "50",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "var",
+    ]
     assert quality.main(args) == 0
     rows = json.loads((tmp_path / "var.json").read_text())["rows"]
     assert [row["features"] for row in rows] == [label for label, _ in quality.VARIANTS]

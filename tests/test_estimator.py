@@ -18,6 +18,9 @@ from dimlearn import DeepInfomaxTransformer
 from tests.conftest import small_images
 
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
+SEED_FORM = dict(
+    alpha=0.5, beta=1.0, gamma=0.1, negatives="shuffle", critic="concat", mi_estimator="jsd"
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +143,9 @@ def test_transform_runs_in_batches(fitted_digits, monkeypatch):
     full = dim.transform(X[:23])
     monkeypatch.setattr(estimator_module, "_TRANSFORM_BATCH", 5)
     sizes = []
-    hook = dim.module_.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    hook = dim.module_.encoder.to_local.register_forward_hook(
+        lambda m, args, out: sizes.append(len(args[0]))
+    )
     try:
         batched = dim.transform(X[:23])
     finally:
@@ -149,9 +154,10 @@ def test_transform_runs_in_batches(fitted_digits, monkeypatch):
     np.testing.assert_allclose(batched, full, rtol=1e-5, atol=1e-6)
 
 
-def test_history_records_loss_and_each_term_per_epoch(fitted_digits):
-    dim, _, _ = fitted_digits
-    assert dim.n_iter_ == 5 and len(dim.loss_curve_) == 5
+def test_history_records_loss_and_each_term_per_epoch(digit_images, fitted_digits):
+    assert fitted_digits[0].n_iter_ == 5 and len(fitted_digits[0].loss_curve_) == 5
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**{**FAST, **SEED_FORM}).fit(X[:100])  # all three terms
     last = dim.history_[-1]
     for key in ("train_loss", "train_global", "train_local", "train_prior"):
         assert np.isfinite(last[key])
