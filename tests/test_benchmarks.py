@@ -9,23 +9,17 @@ from benchmarks import quality, speed
 from benchmarks.common import load_dataset, markdown_table, probe_scores
 
 
-def test_quality_baselines_writes_table_json_and_figures(tmp_path):
-    args = [
-        "--dataset",
-        "digits",
-        "--budget-minutes",
-        "0.02",
-        "--n-train",
-        "200",
-        "--n-test",
-        "100",
-        "--out",
-        str(tmp_path),
-        "--name",
-        "tiny",
-    ]
+def run_quality(tmp_path, name, *extra):
+    """Runs the quality command on tiny digits into tmp_path; returns the JSON payload."""
+    args = ["--dataset", "digits", "--out", str(tmp_path), "--name", name, *extra]
     assert quality.main(args) == 0
-    payload = json.loads((tmp_path / "tiny.json").read_text())
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_quality_baselines_writes_table_json_and_figures(tmp_path):
+    payload = run_quality(
+        tmp_path, "tiny", "--budget-minutes", "0.02", "--n-train", "200", "--n-test", "100"
+    )
     features = [row["features"] for row in payload["rows"]]
     assert features == [
         "raw pixels",
@@ -45,9 +39,9 @@ def test_quality_baselines_writes_table_json_and_figures(tmp_path):
 
 
 def test_quality_ablation_has_six_configs(tmp_path):
-    args = [
-        "--dataset",
-        "digits",
+    rows = run_quality(
+        tmp_path,
+        "abl",
         "--study",
         "ablation",
         "--budget-minutes",
@@ -56,13 +50,7 @@ def test_quality_ablation_has_six_configs(tmp_path):
         "120",
         "--n-test",
         "60",
-        "--out",
-        str(tmp_path),
-        "--name",
-        "abl",
-    ]
-    assert quality.main(args) == 0
-    rows = json.loads((tmp_path / "abl.json").read_text())["rows"]
+    )["rows"]
     assert len(rows) == 6 and all(row["epochs"] >= 1 for row in rows)
 
 
@@ -144,9 +132,9 @@ def test_real_datasets_load_when_present(name):
 
 def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "VARIANTS", quality.VARIANTS[:3:2])
-    args = [
-        "--dataset",
-        "digits",
+    rows = run_quality(
+        tmp_path,
+        "var",
         "--study",
         "variants",
         "--budget-minutes",
@@ -155,11 +143,5 @@ def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
         "100",
         "--n-test",
         "50",
-        "--out",
-        str(tmp_path),
-        "--name",
-        "var",
-    ]
-    assert quality.main(args) == 0
-    rows = json.loads((tmp_path / "var.json").read_text())["rows"]
+    )["rows"]
     assert [row["features"] for row in rows] == [label for label, _ in quality.VARIANTS]
