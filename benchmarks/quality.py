@@ -100,19 +100,30 @@ def scored(features, Z_train, Z_test, y_train, y_test, **extra):
     return row
 
 
+def probe_rows(n_train: int, n_probe: int | None, seed: int) -> np.ndarray:
+    """The training rows the probes see: all of them, or a seeded random subset of ``n_probe``
+    (the feature learners still fit on every training row)."""
+    if n_probe is None or n_probe >= n_train:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng(seed + 1).choice(n_train, size=n_probe, replace=False))
+
+
 def baselines_study(data, args):
-    X_tr, y_tr, X_te, y_te, _ = data
+    X_fit, y_fit, X_te, y_te, _ = data
+    rows_probe = probe_rows(len(X_fit), args.n_probe, args.seed)
+    X_tr, y_tr = X_fit[rows_probe], y_fit[rows_probe]
     flat_tr, flat_te = X_tr.reshape(len(X_tr), -1), X_te.reshape(len(X_te), -1)
-    rows = [scored("raw pixels", flat_tr, flat_te, y_tr, y_te)]
-    dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed)
+    rows = [] if args.no_raw else [scored("raw pixels", flat_tr, flat_te, y_tr, y_te)]
+    dim, fit_info = fit_dim(X_fit, args.budget_minutes * 60, args.seed)
     k = dim.latent_dim
-    pca = PCA(n_components=min(k, flat_tr.shape[1]), random_state=args.seed).fit(flat_tr)
+    flat_fit = X_fit.reshape(len(X_fit), -1)
+    pca = PCA(n_components=min(k, flat_fit.shape[1]), random_state=args.seed).fit(flat_fit)
     rows.append(
         scored(
             f"PCA-{pca.n_components}", pca.transform(flat_tr), pca.transform(flat_te), y_tr, y_te
         )
     )
-    twin = untrained_twin(dim, X_tr)
+    twin = untrained_twin(dim, X_fit)
     rows.append(
         scored("untrained encoder: code", twin.transform(X_tr), twin.transform(X_te), y_tr, y_te)
     )
@@ -148,10 +159,12 @@ def baselines_study(data, args):
 
 
 def _configs_study(configs, data, args):
-    X_tr, y_tr, X_te, y_te, _ = data
+    X_fit, y_fit, X_te, y_te, _ = data
+    rows_probe = probe_rows(len(X_fit), args.n_probe, args.seed)
+    X_tr, y_tr = X_fit[rows_probe], y_fit[rows_probe]
     rows = []
     for label, params in configs:
-        dim, fit_info = fit_dim(X_tr, args.budget_minutes * 60, args.seed, **params)
+        dim, fit_info = fit_dim(X_fit, args.budget_minutes * 60, args.seed, **params)
         rows.append(scored(label, dim.transform(X_tr), dim.transform(X_te), y_tr, y_te, **fit_info))
     return rows, {"configs": dict(configs)}
 
@@ -183,6 +196,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--n-test", type=int, default=5_000, help="test images, a random subset (default 5000)"
     )
+    parser.add_argument(
+        "--n-probe",
+        type=int,
+        default=None,
+        help="training images the probes use, a random subset of --n-train (default: all)",
+    )
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw-pixel probe (slow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="results file stem (default <dataset>_<study>)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
@@ -210,6 +230,7 @@ def main(argv=None) -> int:
         "study": args.study,
         "n_train": len(data[0]),
         "n_test": len(data[2]),
+        "n_probe": len(probe_rows(len(data[0]), args.n_probe, args.seed)),
         "seed": args.seed,
         "budget_minutes": args.budget_minutes,
         "wall_seconds": wall,
@@ -218,7 +239,8 @@ def main(argv=None) -> int:
         **extra,
     }
     header = (
-        f"## {args.name}\n\n{args.dataset}, {len(data[0])} train / {len(data[2])} test images, "
+        f"## {args.name}\n\n{args.dataset}, {len(data[0])} train / {len(data[2])} test images "
+        f"(probes fit on {payload['n_probe']} of the train images), "
         f"seed {args.seed}, DIM training budget {args.budget_minutes:g} min per model, "
         f"whole run {wall / 60:.1f} min. Machine: {machine_line(info)}.\n"
         f"Command: `python -m benchmarks.quality {' '.join(argv or sys.argv[1:])}`\n\n"
