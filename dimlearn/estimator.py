@@ -15,14 +15,39 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils import check_random_state
+from skorch.history import History
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .inputs import ArrayBatches, channel_stats, resolve_layout
 from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
-from .training import build_net, encode
+from .training import build_net, encode, local_mi_score
 
 _TRANSFORM_BATCH = 512
+SCORE_BATCH = 128
+"""Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
+127 other images, so the score is at most ``log(128)`` = 4.85 nats."""
+
+
+def _to_cpu(obj):
+    """A copy of a (nested) state dict with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(value) for value in obj]
+    return copy.deepcopy(obj)
+
+
+def _joined_history(first: History, second: History) -> History:
+    """The epochs of two training calls as one history, numbered on."""
+    joined = History()
+    for entry in [*first, *second]:
+        entry = dict(entry)
+        entry["epoch"] = len(joined) + 1
+        joined.append(entry)
+    return joined
 
 
 def resolve_device(device, *, strict: bool = True) -> torch.device:
@@ -90,7 +115,22 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         the code, averaged over positions). On tabular data the "local map" is the encoder's
         first hidden layer, a single position.
     gamma : float, default=0.0
-        Weight of the KL divergence of the code to N(0, I), summed over code dimensions.
+        Weight of the prior term, which pulls the codes towards N(0, I) (see ``prior``).
+        0 switches the prior off.
+    delta : float, default=0.0
+        Weight of the local-local MI term (the DIM paper's and the blog's further option):
+        each position of the local map is contrasted, by a dot-product critic, with the
+        other positions of its own image (positive) and with other images of the batch
+        (negatives, as set by ``negatives``). Needs a local map of 2 or more positions, so
+        images only.
+    prior : {"kl", "kl_mean", "adversarial"}, default="kl"
+        How the prior term (weight ``gamma``) matches codes to N(0, I). ``"kl"``: the KL
+        divergence of the Gaussian code to N(0, I), summed over code dimensions (the VAE's
+        and the blog's formula). ``"kl_mean"``: the same KL averaged over code dimensions
+        (the blog's Keras code; ``latent_dim`` times weaker for the same ``gamma``).
+        ``"adversarial"``: the DIM paper's prior matching, a discriminator trained to tell
+        N(0, I) samples from codes and the encoder trained to fool it (non-saturating);
+        one optimiser step updates both, the discriminator on detached codes.
     negatives : {"shuffle", "all"}, default="all"
         Which mismatched pairs the critics see: for each code, one other image of the batch
         (``"shuffle"``, the seed's) or all the other images of the batch (``"all"``, the DIM
@@ -127,7 +167,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         multi-scale idea in its simplest form). Not for digits or text-like images, where
         a mirror changes the class.
     max_epochs : int, default=20
-        Passes over the training data.
+        Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
     max_time : float or None, default=None
         Time budget for training, in seconds. Training stops at the end of the first epoch
         after which the next one (predicted to take as long as the last) would overrun it;
@@ -137,6 +177,26 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         nearly equal size, so no sample is dropped and no batch is of one sample.
     lr : float, default=1e-3
         Adam learning rate.
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        ``"cosine"`` anneals the learning rate from ``lr`` to 0 over ``max_epochs`` epochs
+        (per epoch; a ``max_time`` budget that stops training earlier leaves it above 0).
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data, compute the same weighted
+        objective on it after every epoch (``valid_loss`` in ``history_``), stop once it has
+        not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the weights of the
+        best epoch. The held-out rows are drawn with ``random_state`` and are not trained on.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Epochs without improvement before ``early_stopping`` stops training.
+    tol : float, default=1e-4
+        Least decrease of the held-out objective that counts as an improvement.
+    warm_start : bool, default=False
+        If True and the estimator is fitted, ``fit`` continues training the fitted networks
+        (and Adam's state) on the new X instead of starting afresh. The input
+        standardisation of the first fit is kept, so features stay comparable; the new X
+        must have the same per-sample shape. The network parameters (``latent_dim``,
+        ``width``, ``critic``, ``prior``, ``delta > 0``) must not change in between.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
@@ -156,9 +216,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Per-epoch records: ``train_loss`` and each active term (``train_global``,
         ``train_local``, ``train_prior``), with epoch durations.
     loss_curve_ : list of float
-        ``train_loss`` per epoch.
+        ``train_loss`` per epoch, over all ``fit`` calls that continued one another
+        (``warm_start``, ``partial_fit``).
     n_iter_ : int
-        Epochs run.
+        Epochs run, over those same calls.
     input_mean_, input_scale_ : ndarray
         Per-channel (or per-feature) statistics used to standardise inputs.
     sample_shape_ : tuple
@@ -200,6 +261,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "alpha": [Interval(Real, 0, None, closed="left")],
         "beta": [Interval(Real, 0, None, closed="left")],
         "gamma": [Interval(Real, 0, None, closed="left")],
+        "delta": [Interval(Real, 0, None, closed="left")],
+        "prior": [StrOptions({"kl", "kl_mean", "adversarial"})],
         "negatives": [StrOptions({"shuffle", "all"})],
         "critic": [StrOptions({"concat", "dot"})],
         "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
@@ -213,6 +276,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
+        "lr_schedule": [StrOptions({"constant", "cosine"})],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -223,6 +292,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         alpha: float = 0.0,
         beta: float = 1.0,
         gamma: float = 0.0,
+        delta: float = 0.0,
+        prior: str = "kl",
         negatives: str = "all",
         critic: str = "dot",
         mi_estimator: str = "infonce",
@@ -236,6 +307,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         max_time: float | None = None,
         batch_size: int = 128,
         lr: float = 1e-3,
+        lr_schedule: str = "constant",
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-4,
+        warm_start: bool = False,
         device: str = "auto",
         random_state=None,
         verbose: int = 0,
@@ -243,6 +320,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.alpha = alpha
         self.beta = beta
         self.gamma = gamma
+        self.delta = delta
+        self.prior = prior
         self.negatives = negatives
         self.critic = critic
         self.mi_estimator = mi_estimator
@@ -256,6 +335,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.max_time = max_time
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.warm_start = warm_start
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -302,6 +387,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     def fit(self, X, y=None):
         """Train the encoder and critics on X by Deep InfoMax.
 
+        With ``warm_start=True`` and a fitted estimator, training continues from the fitted
+        state; otherwise it starts from new random weights.
+
         Parameters
         ----------
         X : array-like of shape (n_samples, H, W[, C]), (n_samples, C, H, W) or (n_samples, F)
@@ -313,24 +401,72 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         self : DeepInfomaxTransformer
         """
+        continued = self.warm_start and hasattr(self, "module_")
+        return self._train(X, max_epochs=self.max_epochs, continued=continued)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """One epoch of training on X, continuing from the fitted state if there is one.
+
+        The first call fits the input standardisation on its X (as ``fit`` does); later
+        calls keep it and go on training the same networks and optimiser on new data, which
+        must have the same per-sample shape. ``early_stopping`` and ``lr_schedule`` act
+        within one call only, so with one epoch per call they do nothing.
+
+        Parameters
+        ----------
+        X : array-like, as for ``fit``
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : DeepInfomaxTransformer
+        """
+        return self._train(X, max_epochs=1, continued=hasattr(self, "module_"))
+
+    def _train(self, X, *, max_epochs: int, continued: bool):
         if self.alpha == 0 and self.beta == 0:
             raise ValueError(
                 "alpha and beta are both 0, so nothing rewards information in the code. "
                 "Set alpha > 0 (global MI) or beta > 0 (local MI)."
             )
         device = resolve_device(self.device, strict=True)
-        X = self._validate_input(X, reset=True)
-        layout = resolve_layout(X.shape[1:], self.image_shape, self.image_layout)
+        X = self._validate_input(X, reset=not continued)
+        if continued:
+            layout = self._layout
+            if len(X) < 2:
+                raise ValueError(
+                    f"Found array with {len(X)} sample(s); training needs at least 2 "
+                    "(a batch of one has no negatives)."
+                )
+        else:
+            layout = resolve_layout(X.shape[1:], self.image_shape, self.image_layout)
         if self.augment and layout.kind != "image":
             raise ValueError(
                 "augment=True crops and flips images, but X was read as tabular rows. "
                 "Pass image_shape for flat images, or set augment=False."
             )
-        self.sample_shape_ = tuple(X.shape[1:])
-        self.input_mean_, self.input_scale_ = channel_stats(X, layout)
-        dataset = ArrayBatches(X, layout, self.input_mean_, self.input_scale_)
+        if self.delta > 0 and layout.kind != "image":
+            raise ValueError(
+                "delta > 0 asks for local-local MI between positions of an image, but X was "
+                "read as tabular rows. Pass image_shape for flat images, or set delta=0."
+            )
+        if not continued:
+            self.sample_shape_ = tuple(X.shape[1:])
+            self.input_mean_, self.input_scale_ = channel_stats(X, layout)
 
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        random_state = check_random_state(self.random_state)
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
+        if continued:  # an int random_state must not replay the same epochs call after call
+            seed = (seed + 7919 * self.n_iter_) % np.iinfo(np.int32).max
+        train_rows, valid_rows = self._split_rows(len(X), seed)
+        if valid_rows is None:
+            dataset, valid_dataset = ArrayBatches(X, layout, *self._stats), None
+        else:
+            dataset = ArrayBatches(X[train_rows], layout, *self._stats)
+            valid_dataset = ArrayBatches(X[valid_rows], layout, *self._stats)
+
         fork_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
@@ -340,22 +476,78 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 alpha=self.alpha,
                 beta=self.beta,
                 gamma=self.gamma,
-                max_epochs=self.max_epochs,
+                delta=self.delta,
+                max_epochs=max_epochs,
                 max_time=self.max_time,
                 batch_size=self.batch_size,
                 lr=self.lr,
+                lr_schedule=self.lr_schedule,
                 device=device,
                 verbose=self.verbose,
                 augment=self.augment,
+                valid_dataset=valid_dataset,
+                n_iter_no_change=self.n_iter_no_change,
+                tol=self.tol,
             )
-            net.fit(dataset, None)
+            net.initialize()
+            if continued:
+                self._restore_state(net)
+            net.partial_fit(dataset, None)
 
         self.module_ = net.module_.to("cpu").eval()
-        self.history_ = net.history
-        self.loss_curve_ = [float(v) for v in net.history[:, "train_loss"]]
-        self.n_iter_ = len(net.history)
+        self._optimizer_state = _to_cpu(net.optimizer_.state_dict())
+        new_losses = [float(v) for v in net.history[:, "train_loss"]]
+        if continued:
+            self.history_ = _joined_history(self.history_, net.history)
+            self.loss_curve_ = self.loss_curve_ + new_losses
+            self.n_iter_ += len(net.history)
+        else:
+            self.history_ = net.history
+            self.loss_curve_ = new_losses
+            self.n_iter_ = len(net.history)
         self._layout = layout
         return self
+
+    @property
+    def _stats(self):
+        return self.input_mean_, self.input_scale_
+
+    def _split_rows(self, n: int, seed: int):
+        """Training and held-out rows for ``early_stopping`` (all rows and None without)."""
+        if not self.early_stopping:
+            return None, None
+        n_valid = int(round(self.validation_fraction * n))
+        if n_valid < 2 or n - n_valid < 2:
+            raise ValueError(
+                f"early_stopping with validation_fraction={self.validation_fraction} splits "
+                f"{n} samples into {n - n_valid} for training and {n_valid} held out; each "
+                "part needs at least 2. Pass more samples, change validation_fraction, or "
+                "set early_stopping=False."
+            )
+        order = np.random.default_rng(seed).permutation(n)
+        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+    def _restore_state(self, net) -> None:
+        """Load the fitted weights and optimiser state into a freshly initialised net."""
+        fitted = self.module_.state_dict()
+        fresh = net.module_.state_dict()
+        mismatched = sorted(
+            key
+            for key in set(fitted) | set(fresh)
+            if key not in fitted or key not in fresh or fitted[key].shape != fresh[key].shape
+        )
+        if mismatched:
+            raise ValueError(
+                "warm_start / partial_fit continues the fitted networks, but the current "
+                "parameters build different ones (latent_dim, width, critic, prior or "
+                f"delta > 0 changed; differing weights: {', '.join(mismatched[:4])}"
+                f"{', ...' if len(mismatched) > 4 else ''}). Restore those parameters, or set "
+                "warm_start=False to train afresh."
+            )
+        net.module_.load_state_dict(fitted)
+        state = getattr(self, "_optimizer_state", None)
+        if state is not None:
+            net.optimizer_.load_state_dict(state)
 
     def _build_module(self, layout) -> DeepInfomaxModule:
         if layout.kind == "tabular":
@@ -370,6 +562,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             critic=self.critic,
             negatives=self.negatives,
             mi_estimator=self.mi_estimator,
+            prior=self.prior,
+            local_local=self.delta > 0,
         )
 
     def transform(self, X) -> np.ndarray:
@@ -392,6 +586,50 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         if device.type != "cpu":
             module = copy.deepcopy(module).to(device)
         return encode(module, dataset, _TRANSFORM_BATCH, device, self.feature_level)
+
+    def score(self, X, y=None) -> float:
+        """Held-out local mutual information between images and their codes, in nats.
+
+        The infoNCE lower bound on I(C(x); E(x)), read by the model's own local critic:
+        X is cut, in order, into batches of about :data:`SCORE_BATCH`; each code mean is
+        scored against every position of its own image's local map and of every other image
+        in its batch, and the score is ``log(batch size)`` minus the infoNCE loss, averaged
+        over codes and positions. Higher is better; 0 is chance; the ceiling is
+        ``log(128)`` = 4.85. Its form is fixed: it does not depend on ``alpha``, ``beta``,
+        ``gamma``, ``delta``, ``prior`` or the ``mi_estimator``, ``negatives`` and
+        ``batch_size`` used in training, so ``GridSearchCV`` can compare models across
+        them without labels. It is deterministic (no code sampling).
+
+        What it measures is how well a code identifies its own image's local features among
+        other images', the quantity DIM maximises. Models trained with ``beta=0`` never
+        train the local critic and score near 0, whatever their codes are worth. It is not
+        class separability: when labels exist, score the downstream task instead (a
+        ``Pipeline`` ending in a classifier, or ``scoring=`` in ``GridSearchCV``).
+
+        Parameters
+        ----------
+        X : array-like shaped like the training data, at least 2 samples
+            Held-out data: on the training data the bound is optimistic.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        if len(X) < 2:
+            raise ValueError(
+                f"score needs at least 2 samples (each code is told apart from the other "
+                f"images); got {len(X)}."
+            )
+        dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
+        device = resolve_device(self.device, strict=False)
+        module = self.module_
+        if device.type != "cpu":
+            module = copy.deepcopy(module).to(device)
+        return local_mi_score(module, dataset, SCORE_BATCH, device)
 
     @property
     def _n_features_out(self) -> int:

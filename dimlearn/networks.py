@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .objectives import derangement, global_mi_loss, local_mi_loss, prior_kl, sample_code
+from .objectives import (
+    adversarial_prior_losses,
+    derangement,
+    global_mi_loss,
+    local_mi_loss,
+    prior_kl,
+    sample_code,
+)
 
 MIN_IMAGE_SIDE = 8
 """Three stride-2 convolutions need at least 8 pixels per side to leave one position."""
@@ -244,6 +251,73 @@ class LocalDotCritic(nn.Module):
         return torch.einsum("id,jdhw->ijhw", code_part[:, :, 0, 0], image_part)
 
 
+class LocalLocalCritic(nn.Module):
+    """T3(C_p(x), C(x')): does position p of one image come from the same image as a map?
+
+    Dot-product form: ``f(C_p(x)) . mean_q g(C_q(x'))``, with f and g stacks of 1x1
+    convolutions. The positive context of position p is the mean of g over the *other*
+    positions of its own image (so a position never scores against itself); a negative
+    context is the mean of g over all positions of another image. Every position against
+    every image of the batch costs one contraction, as in :class:`LocalDotCritic`.
+    """
+
+    def __init__(self, local_shape: tuple[int, int, int], hidden: int):
+        super().__init__()
+        channels, h, w = local_shape
+        if h * w < 2:
+            raise ValueError(
+                f"local-local MI needs a local map of at least 2 positions; this encoder's has "
+                f"{h}x{w}. Set delta=0, or use larger images."
+            )
+
+        def side():
+            return nn.Sequential(
+                nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1)
+            )
+
+        self.position_side = side()
+        self.context_side = side()
+
+    def scores(self, local_map: torch.Tensor, negatives: str, perm=None):
+        """Positive scores ``(B, h, w)`` and negative scores ``(B, K, h, w)``."""
+        positions = self.position_side(local_map)
+        context = self.context_side(local_map)
+        n_pos = context.shape[-2] * context.shape[-1]
+        total = context.sum(dim=(2, 3))
+        own = (total[:, :, None, None] - context) / (n_pos - 1)
+        pos = (positions * own).sum(1)
+        mean_context = total / n_pos
+        if negatives == "shuffle":
+            neg = (positions * mean_context[perm][:, :, None, None]).sum(1)
+            return pos, neg.unsqueeze(1)
+        full = torch.einsum("jd,idhw->ijhw", mean_context, positions)
+        n = full.shape[0]
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=full.device)
+        return pos, full[off_diagonal].reshape(n, n - 1, *full.shape[2:])
+
+
+class PriorDiscriminator(nn.Module):
+    """D(z) of the adversarial prior: an MLP scoring codes, high for samples of N(0, I)."""
+
+    def __init__(self, latent_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(-1)
+
+    def frozen(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z) with the weights detached: the gradient reaches z only."""
+        weights = {name: value.detach() for name, value in self.named_parameters()}
+        return torch.func.functional_call(self, weights, (z,))
+
+
 CRITICS = {
     "concat": (GlobalCritic, LocalCritic),
     "dot": (GlobalDotCritic, LocalDotCritic),
@@ -282,6 +356,11 @@ class DeepInfomaxModule(nn.Module):
     critic : {"concat", "dot"}
     negatives : {"shuffle", "all"}
     mi_estimator : {"jsd", "infonce", "dv"}
+    prior : {"kl", "kl_mean", "adversarial"}
+        How the "prior" term matches codes to N(0, I): KL summed or averaged over code
+        dimensions, or a discriminator (built only for ``"adversarial"``).
+    local_local : bool
+        Build the local-local critic (the ``"local_local"`` term).
     """
 
     def __init__(
@@ -292,35 +371,60 @@ class DeepInfomaxModule(nn.Module):
         critic: str = "concat",
         negatives: str = "shuffle",
         mi_estimator: str = "jsd",
+        prior: str = "kl",
+        local_local: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
         global_cls, local_cls = CRITICS[critic]
         self.global_critic = global_cls(encoder.local_shape, latent_dim, critic_hidden)
         self.local_critic = local_cls(encoder.local_shape, latent_dim, critic_hidden)
+        # optional parts are created after the others, so that adding them leaves the
+        # initial weights of the rest unchanged for a given seed
+        if local_local:
+            self.local_local_critic = LocalLocalCritic(encoder.local_shape, critic_hidden)
+        if prior == "adversarial":
+            self.prior_discriminator = PriorDiscriminator(latent_dim, critic_hidden)
         self.negatives = negatives
         self.mi_estimator = mi_estimator
+        self.prior = prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[1]
 
     def terms(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """The requested loss terms (``"global"``, ``"local"``, ``"prior"``) on one batch.
+        """The requested loss terms (``"global"``, ``"local"``, ``"local_local"``,
+        ``"prior"``) on one batch.
 
         Terms whose weight is zero are not requested, so their critics cost nothing.
         """
         local_map, mu, logvar = self.encoder(x)
         out = {}
-        if "global" in names or "local" in names:
-            z = sample_code(mu, logvar)
-            perm = derangement(x.shape[0], device=x.device) if self.negatives == "shuffle" else None
-            for name, critic, loss in (
-                ("global", self.global_critic, global_mi_loss),
-                ("local", self.local_critic, local_mi_loss),
-            ):
-                if name in names:
-                    pos, neg = contrast(critic, local_map, z, self.negatives, perm)
-                    out[name] = loss(pos, neg, self.mi_estimator)
+        needs_z = "global" in names or "local" in names
+        needs_perm = needs_z or "local_local" in names
+        z = sample_code(mu, logvar) if needs_z or self.prior == "adversarial" else None
+        perm = None
+        if needs_perm and self.negatives == "shuffle":
+            perm = derangement(x.shape[0], device=x.device)
+        for name, critic, loss in (
+            ("global", self.global_critic, global_mi_loss),
+            ("local", self.local_critic, local_mi_loss),
+        ):
+            if name in names:
+                pos, neg = contrast(critic, local_map, z, self.negatives, perm)
+                out[name] = loss(pos, neg, self.mi_estimator)
+        if "local_local" in names:
+            pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm)
+            out["local_local"] = local_mi_loss(pos, neg, self.mi_estimator)
         if "prior" in names:
-            out["prior"] = prior_kl(mu, logvar)
+            if self.prior == "adversarial":
+                disc = self.prior_discriminator
+                samples = torch.randn_like(z)
+                d_loss, g_loss = adversarial_prior_losses(
+                    disc(samples), disc(z.detach()), disc.frozen(z)
+                )
+                out["prior"] = d_loss + g_loss
+            else:
+                reduction = "mean" if self.prior == "kl_mean" else "sum"
+                out["prior"] = prior_kl(mu, logvar, reduction)
         return out

@@ -118,12 +118,17 @@ def _mi_loss(pos_scores, neg_scores, estimator):
     return MI_ESTIMATORS[estimator](pos_scores, neg_scores)
 
 
-def prior_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over code dimensions, mean over batch.
+def prior_kl(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed (the VAE's and method.md's form) or
+    averaged (the blog's Keras code) over code dimensions; always averaged over the batch.
+
+    The mean is the sum divided by ``latent_dim``, so with ``reduction="mean"`` the same
+    ``gamma`` weighs the prior ``latent_dim`` times less.
 
     Parameters
     ----------
     mu, logvar : Tensor of shape (B, latent_dim)
+    reduction : {"sum", "mean"}
 
     Examples
     --------
@@ -132,7 +137,45 @@ def prior_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     0.0
     """
     kl_per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-    return kl_per_dim.sum(dim=1).mean()
+    per_sample = kl_per_dim.sum(dim=1) if reduction == "sum" else kl_per_dim.mean(dim=1)
+    return per_sample.mean()
+
+
+def adversarial_prior_losses(
+    prior_scores: torch.Tensor, code_scores_for_critic: torch.Tensor, code_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DIM paper's adversarial prior matching, as two losses to minimise together.
+
+    A discriminator D learns to tell samples of the prior (label 1) from codes (label 0):
+    ``softplus(-D(prior)) + softplus(D(code))``, with the codes detached so that this part
+    trains D only. The encoder gets the non-saturating generator loss
+    ``softplus(-D(code))``, scored by D with frozen weights so that it trains the encoder
+    only. Summing the two lets one optimiser step play both sides of the game.
+
+    Parameters
+    ----------
+    prior_scores : Tensor of shape (B,)
+        D on samples of N(0, I).
+    code_scores_for_critic : Tensor of shape (B,)
+        D on the detached codes.
+    code_scores : Tensor of shape (B,)
+        Frozen D on the codes, with the gradient to the encoder.
+
+    Returns
+    -------
+    discriminator_loss, generator_loss : Tensor
+        The first is ``2 log 2`` for a discriminator that cannot tell; the second is
+        ``log 2`` when the codes fool it half the time.
+
+    Examples
+    --------
+    >>> import torch
+    >>> d, g = adversarial_prior_losses(torch.zeros(4), torch.zeros(4), torch.zeros(4))
+    >>> round(d.item(), 4), round(g.item(), 4)
+    (1.3863, 0.6931)
+    """
+    discriminator = F.softplus(-prior_scores).mean() + F.softplus(code_scores_for_critic).mean()
+    return discriminator, F.softplus(-code_scores).mean()
 
 
 def sample_code(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -7,20 +7,21 @@ import time
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, PassthroughScoring, ProgressBar
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler, PassthroughScoring, ProgressBar
 from torch import nn
 
 from .inputs import ArrayBatches, random_crop_flip
 
-TERM_NAMES = ("global", "local", "prior")
+TERM_NAMES = ("global", "local", "prior", "local_local")
 
 
 class DeepInfomaxLoss(nn.Module):
-    """``alpha * global + beta * local + gamma * prior``; terms with weight 0 are skipped."""
+    """``alpha * global + beta * local + gamma * prior + delta * local_local``; terms with
+    weight 0 are skipped."""
 
-    def __init__(self, alpha: float, beta: float, gamma: float):
+    def __init__(self, alpha: float, beta: float, gamma: float, delta: float = 0.0):
         super().__init__()
-        self.weights = dict(zip(TERM_NAMES, (alpha, beta, gamma), strict=True))
+        self.weights = dict(zip(TERM_NAMES, (alpha, beta, gamma, delta), strict=True))
 
     @property
     def active_terms(self) -> tuple[str, ...]:
@@ -76,6 +77,33 @@ class ShuffledBatches:
             yield (random_crop_flip(batch) if self.augment else batch), None
 
 
+class OrderedBatches:
+    """Iterable over a dataset in order, in nearly equal batches: skorch's ``iterator_valid``."""
+
+    def __init__(self, dataset: ArrayBatches, batch_size: int):
+        self.dataset = dataset
+        self.sizes = split_batches(len(dataset), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        bounds = np.cumsum([0, *self.sizes])
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            yield self.dataset.take(slice(int(start), int(stop))), None
+
+
+class FixedSplit:
+    """skorch ``train_split`` that keeps the training data whole and validates on a held-out
+    dataset chosen beforehand (the estimator draws the split, reproducibly)."""
+
+    def __init__(self, valid_dataset: ArrayBatches):
+        self.valid_dataset = valid_dataset
+
+    def __call__(self, dataset, y=None, **fit_params):
+        return dataset, self.valid_dataset
+
+
 class TimeBudget(Callback):
     """Stops training at the end of an epoch when the next one would overrun ``seconds``.
 
@@ -116,6 +144,15 @@ class DeepInfomaxNet(NeuralNet):
             self.history.record_batch(f"train_{name}", value.item())
         return {"loss": loss, "y_pred": None}
 
+    def validation_step(self, batch, **fit_params):
+        """The same weighted objective on a held-out batch, without gradients (eval mode)."""
+        self._set_training(False)
+        Xi, _ = batch
+        with torch.no_grad():
+            terms = self.module_.terms(Xi.to(self.device), self.criterion_.active_terms)
+            loss = self.criterion_(terms)
+        return {"loss": loss, "y_pred": None}
+
 
 def build_net(
     module,
@@ -130,13 +167,42 @@ def build_net(
     device,
     verbose,
     augment=False,
+    delta=0.0,
+    lr_schedule="constant",
+    valid_dataset=None,
+    n_iter_no_change=10,
+    tol=1e-4,
 ):
-    """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``."""
-    criterion = DeepInfomaxLoss(alpha, beta, gamma)
+    """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``.
+
+    With ``valid_dataset``, the weighted objective is also computed on it after every epoch
+    (``valid_loss``) and training stops once it has not improved by ``tol`` for
+    ``n_iter_no_change`` epochs, restoring the weights of the best epoch (skorch's
+    ``EarlyStopping``). ``lr_schedule="cosine"`` anneals the learning rate to 0 over
+    ``max_epochs`` (skorch's ``LRScheduler`` with ``CosineAnnealingLR``).
+    """
+    criterion = DeepInfomaxLoss(alpha, beta, gamma, delta)
     callbacks = [
         (f"train_{name}", PassthroughScoring(name=f"train_{name}", on_train=True))
         for name in criterion.active_terms
     ]
+    if lr_schedule == "cosine":
+        callbacks.append(
+            ("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs))
+        )
+    if valid_dataset is not None:
+        callbacks.append(
+            (
+                "early_stopping",
+                EarlyStopping(
+                    monitor="valid_loss",
+                    patience=n_iter_no_change,
+                    threshold=tol,
+                    threshold_mode="abs",
+                    load_best=True,
+                ),
+            )
+        )
     if max_time is not None:
         callbacks.append(("time_budget", TimeBudget(max_time)))
     if verbose:
@@ -150,7 +216,8 @@ def build_net(
         batch_size=batch_size,
         iterator_train=ShuffledBatches,
         iterator_train__augment=augment,
-        train_split=None,
+        iterator_valid=OrderedBatches,
+        train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
         callbacks=callbacks,
         device=device,
         verbose=int(verbose),
@@ -171,3 +238,40 @@ def encode(
         )
         out[start : start + features.shape[0]] = features.cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def local_mi_score(
+    module: nn.Module, dataset: ArrayBatches, batch_size: int, device, code_chunk: int = 16
+) -> float:
+    """Held-out infoNCE lower bound on the local MI, in nats, averaged over samples.
+
+    The dataset is cut in order into nearly equal batches (:func:`split_batches`); in a
+    batch of B, every code mean is scored by the local critic against the local map of all B
+    images at every position, and ``log B - infoNCE`` is that batch's bound. The batches'
+    bounds are averaged, weighted by their sizes. Codes are scored ``code_chunk`` at a time,
+    which bounds the memory of the concatenating critic's all-pairs scores.
+    """
+    from .objectives import infonce_mi_loss
+
+    module.eval()
+    critic = module.local_critic
+    total, count = 0.0, 0
+    bounds = np.cumsum([0, *split_batches(len(dataset), batch_size)])
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        x = dataset.take(slice(int(start), int(stop))).to(device)
+        local_map, mu, _ = module.encoder(x)
+        image_part, code_part = critic.embed(local_map, mu)
+        rows = [
+            critic.all_pair_scores(image_part, code_part[i : i + code_chunk])
+            for i in range(0, len(x), code_chunk)
+        ]
+        full = torch.cat(rows)  # full[i, j] = T(x_j, z_i), (B, B, h, w)
+        n = full.shape[0]
+        diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
+        pos = full[diagonal]
+        neg = full[~diagonal].reshape(n, n - 1, *full.shape[2:])
+        bound = np.log(n) - infonce_mi_loss(pos, neg).item()
+        total += bound * n
+        count += n
+    return total / count
