@@ -7,8 +7,10 @@ frozen features on its test images, next to raw pixels, PCA and the untrained en
 
 Studies: ``baselines`` (the seed's claims 1 and 3: DIM codes and pooled local map against
 raw pixels, PCA of the same size and the untrained encoder, plus a KNN figure),
-``ablation`` (claim 2: global only, local only and both, each with and without the prior)
-and ``variants`` (negatives, critic form and MI estimator, each at the same budget).
+``ablation`` (claim 2: global only, local only and both, each with and without the prior),
+``variants`` (negatives, critic form and MI estimator, each at the same budget) and
+``options`` (prior forms, local-local MI, LR schedule and early stopping, each added to the
+defaults; the cosine schedule anneals over the epochs the first row ran in the budget).
 Writes ``benchmarks/results/<name>.json``, ``.md`` and, for baselines, ``<name>_knn_*.png``.
 """
 
@@ -69,6 +71,17 @@ VARIANTS = [
     ("all pairs, dot, DV, local only, no prior", dict(ALL_DOT, mi_estimator="dv", **LOCAL_ONLY)),
 ]
 
+# the options beyond the seed, each added to the defaults (local infoNCE, all pairs, dot)
+OPTIONS = [
+    ("defaults (local only, no prior)", {}),
+    ("+ prior: KL summed, gamma .1", dict(gamma=0.1, prior="kl")),
+    ("+ prior: KL averaged over dims, gamma .1", dict(gamma=0.1, prior="kl_mean")),
+    ("+ prior: adversarial, gamma .1", dict(gamma=0.1, prior="adversarial")),
+    ("+ local-local MI, delta .5", dict(delta=0.5)),
+    ("+ cosine LR schedule over the budget's epochs", dict(lr_schedule="cosine")),
+    ("+ early stopping (10% held out)", dict(early_stopping=True, n_iter_no_change=3)),
+]
+
 COLUMNS = [
     ("features", "features"),
     ("dims", "dims"),
@@ -84,7 +97,8 @@ COLUMNS = [
 
 
 def fit_dim(X, budget_s, seed, **params):
-    dim = DeepInfomaxTransformer(max_epochs=10_000, max_time=budget_s, random_state=seed, **params)
+    params = {"max_epochs": 10_000, **params}
+    dim = DeepInfomaxTransformer(max_time=budget_s, random_state=seed, **params)
     with Stopwatch() as watch:
         dim.fit(X)
     return dim, {"epochs": dim.n_iter_, "train_s": watch.seconds}
@@ -163,8 +177,12 @@ def _configs_study(configs, data, args):
     rows_probe = probe_rows(len(X_fit), args.n_probe, args.seed)
     X_tr, y_tr = X_fit[rows_probe], y_fit[rows_probe]
     rows = []
+    budget_epochs = None  # what the first config ran in the budget, for the cosine schedule
     for label, params in configs:
+        if params.get("lr_schedule") == "cosine" and budget_epochs is not None:
+            params = dict(params, max_epochs=budget_epochs)
         dim, fit_info = fit_dim(X_fit, args.budget_minutes * 60, args.seed, **params)
+        budget_epochs = budget_epochs or dim.n_iter_
         rows.append(scored(label, dim.transform(X_tr), dim.transform(X_te), y_tr, y_te, **fit_info))
     return rows, {"configs": dict(configs)}
 
@@ -177,7 +195,16 @@ def variants_study(data, args):
     return _configs_study(VARIANTS, data, args)
 
 
-STUDIES = {"baselines": baselines_study, "ablation": ablation_study, "variants": variants_study}
+def options_study(data, args):
+    return _configs_study(OPTIONS, data, args)
+
+
+STUDIES = {
+    "baselines": baselines_study,
+    "ablation": ablation_study,
+    "variants": variants_study,
+    "options": options_study,
+}
 
 
 def main(argv=None) -> int:

@@ -15,9 +15,9 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils import check_random_state
-from skorch.history import History
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch.history import History
 
 from .inputs import ArrayBatches, channel_stats, resolve_layout
 from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder

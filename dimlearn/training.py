@@ -187,9 +187,7 @@ def build_net(
         for name in criterion.active_terms
     ]
     if lr_schedule == "cosine":
-        callbacks.append(
-            ("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs))
-        )
+        callbacks.append(("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs)))
     if valid_dataset is not None:
         callbacks.append(
             (

@@ -145,3 +145,54 @@ def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
         "50",
     )["rows"]
     assert [row["features"] for row in rows] == [label for label, _ in quality.VARIANTS]
+
+
+def test_quality_options_study_runs_every_option(tmp_path):
+    rows = run_quality(
+        tmp_path,
+        "opt",
+        "--study",
+        "options",
+        "--budget-minutes",
+        "0.005",
+        "--n-train",
+        "120",
+        "--n-test",
+        "50",
+        "--n-probe",
+        "60",
+    )["rows"]
+    assert [row["features"] for row in rows] == [label for label, _ in quality.OPTIONS]
+    cosine = rows[
+        [label for label, _ in quality.OPTIONS].index(
+            "+ cosine LR schedule over the budget's epochs"
+        )
+    ]
+    assert cosine["epochs"] <= rows[0]["epochs"]
+
+
+def test_probes_use_a_subset_and_raw_pixels_can_be_skipped(tmp_path):
+    payload = run_quality(
+        tmp_path,
+        "sub",
+        "--budget-minutes",
+        "0.01",
+        "--n-train",
+        "200",
+        "--n-test",
+        "50",
+        "--n-probe",
+        "80",
+        "--no-raw",
+        "--no-figure",
+    )
+    assert payload["n_train"] == 200 and payload["n_probe"] == 80
+    assert payload["rows"][0]["features"] == "PCA-64"
+    assert "probes fit on 80 of the train images" in (tmp_path / "sub.md").read_text()
+
+
+def test_probe_rows_are_a_seeded_subset():
+    rows = quality.probe_rows(100, 30, seed=0)
+    assert len(set(rows)) == 30 and rows.max() < 100
+    np.testing.assert_array_equal(rows, quality.probe_rows(100, 30, seed=0))
+    np.testing.assert_array_equal(quality.probe_rows(10, None, seed=0), np.arange(10))

@@ -23,6 +23,10 @@ from dimlearn.objectives import adversarial_prior_losses, prior_kl
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
 
 
+def small_rows():
+    return np.random.default_rng(0).random((20, 5))
+
+
 # -- prior forms ------------------------------------------------------------------------
 
 
@@ -117,7 +121,7 @@ def test_local_local_on_tabular_rows_is_refused(monkeypatch):
 
     monkeypatch.setattr(estimator_module, "build_net", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="delta > 0"):
-        DeepInfomaxTransformer(**FAST, delta=1.0).fit(np.random.rand(20, 5))
+        DeepInfomaxTransformer(**FAST, delta=1.0).fit(small_rows())
 
 
 # -- learning-rate schedule and early stopping -------------------------------------------
@@ -157,7 +161,8 @@ def test_early_stopping_with_too_few_rows_is_refused(monkeypatch):
 
     monkeypatch.setattr(estimator_module, "build_net", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="validation_fraction=0.1 splits 10 samples"):
-        DeepInfomaxTransformer(**FAST, early_stopping=True).fit(np.random.rand(10, 8, 8))
+        X = np.random.default_rng(0).random((10, 8, 8))
+        DeepInfomaxTransformer(**FAST, early_stopping=True).fit(X)
 
 
 # -- warm start and partial_fit ---------------------------------------------------------
