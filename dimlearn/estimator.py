@@ -410,8 +410,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
         The first call fits the input standardisation on its X (as ``fit`` does); later
         calls keep it and go on training the same networks and optimiser on new data, which
-        must have the same per-sample shape. ``early_stopping`` and ``lr_schedule`` act
-        within one call only, so with one epoch per call they do nothing.
+        must have the same per-sample shape. Every row of X is trained on: ``early_stopping``
+        holds nothing out here (it needs several epochs in one call), and ``lr_schedule``
+        acts within one call, so with one epoch per call it keeps ``lr``.
 
         Parameters
         ----------
@@ -423,9 +424,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         self : DeepInfomaxTransformer
         """
-        return self._train(X, max_epochs=1, continued=hasattr(self, "module_"))
+        return self._train(X, max_epochs=1, continued=hasattr(self, "module_"), hold_out=False)
 
-    def _train(self, X, *, max_epochs: int, continued: bool):
+    def _train(self, X, *, max_epochs: int, continued: bool, hold_out: bool = True):
         if self.alpha == 0 and self.beta == 0:
             raise ValueError(
                 "alpha and beta are both 0, so nothing rewards information in the code. "
@@ -460,7 +461,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         seed = int(random_state.randint(np.iinfo(np.int32).max))
         if continued:  # an int random_state must not replay the same epochs call after call
             seed = (seed + 7919 * self.n_iter_) % np.iinfo(np.int32).max
-        train_rows, valid_rows = self._split_rows(len(X), seed)
+        train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
         if valid_rows is None:
             dataset, valid_dataset = ArrayBatches(X, layout, *self._stats), None
         else:

@@ -232,6 +232,14 @@ def test_partial_fit_runs_one_epoch_per_call_reproducibly(digit_images):
     np.testing.assert_array_equal(a.transform(X[:20]), b.transform(X[:20]))
 
 
+def test_partial_fit_trains_on_every_row_even_with_early_stopping(digit_images):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**FAST, early_stopping=True, batch_size=16)
+    dim.partial_fit(X[:64])
+    assert dim.history_[-1, "train_batch_count"] == 4  # 64 rows, none held out
+    assert "valid_loss" not in dim.history_[-1]
+
+
 def test_partial_fit_after_loading_from_disk(digit_images, tmp_path):
     X, _ = digit_images
     dim = DeepInfomaxTransformer(**FAST).partial_fit(X[:64])
