@@ -114,7 +114,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Weight of the local MI term (critic on every position of the local feature map and
         the code, averaged over positions). On tabular data the "local map" is the encoder's
         first hidden layer, a single position.
-    gamma : float, default=0.0
+    gamma : float, default=0.1
         Weight of the prior term, which pulls the codes towards N(0, I) (see ``prior``).
         0 switches the prior off.
     delta : float, default=0.0
@@ -123,7 +123,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         other positions of its own image (positive) and with other images of the batch
         (negatives, as set by ``negatives``). Needs a local map of 2 or more positions, so
         images only.
-    prior : {"kl", "kl_mean", "adversarial"}, default="kl"
+    prior : {"kl", "kl_mean", "adversarial"}, default="kl_mean"
         How the prior term (weight ``gamma``) matches codes to N(0, I). ``"kl"``: the KL
         divergence of the Gaussian code to N(0, I), summed over code dimensions (the VAE's
         and the blog's formula). ``"kl_mean"``: the same KL averaged over code dimensions
@@ -291,9 +291,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self,
         alpha: float = 0.0,
         beta: float = 1.0,
-        gamma: float = 0.0,
+        gamma: float = 0.1,
         delta: float = 0.0,
-        prior: str = "kl",
+        prior: str = "kl_mean",
         negatives: str = "all",
         critic: str = "dot",
         mi_estimator: str = "infonce",
