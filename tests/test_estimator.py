@@ -19,7 +19,13 @@ from tests.conftest import small_images
 
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
 SEED_FORM = dict(
-    alpha=0.5, beta=1.0, gamma=0.1, negatives="shuffle", critic="concat", mi_estimator="jsd"
+    alpha=0.5,
+    beta=1.0,
+    gamma=0.1,
+    prior="kl",
+    negatives="shuffle",
+    critic="concat",
+    mi_estimator="jsd",
 )
 
 
