@@ -92,11 +92,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     information between its inputs and their codes.
 
     ``fit`` trains an encoder, a global critic and a local critic jointly (through skorch) on
-    ``alpha * global MI + beta * local MI + gamma * KL prior`` with a reparameterised
-    Gaussian code. The DIM blog post's exact objective (Jensen-Shannon estimator, one
-    shuffled in-batch negative, concatenate-and-score critics) is available through
-    ``negatives``, ``critic`` and ``mi_estimator``; the defaults use the DIM paper's
-    stronger choices. ``transform`` returns the code mean, a ``latent_dim``-wide float32
+    ``alpha * global MI + beta * local MI + gamma * prior (+ delta * local-local MI)`` with
+    a reparameterised Gaussian code. The DIM blog post's exact objective (Jensen-Shannon
+    estimator, one shuffled in-batch negative, concatenate-and-score critics, KL summed over
+    code dimensions) is available through ``negatives``, ``critic``, ``mi_estimator`` and
+    ``prior``; the defaults use the DIM paper's stronger choices and a light prior. ``transform`` returns the code mean, a ``latent_dim``-wide float32
     feature vector.
 
     Inputs may be images, ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``, in uint8 or
