@@ -17,10 +17,10 @@ from dimlearn import DeepInfomaxTransformer
 
 def main(quick: bool) -> None:
     X, y = load_digits(return_X_y=True)
-    params = dict(max_epochs=1, width=4) if quick else dict(max_epochs=10, width=16)
+    settings = dict(max_epochs=1, width=4) if quick else dict(max_epochs=10, width=16)
     pipe = Pipeline(
         [
-            ("dim", DeepInfomaxTransformer(image_shape=(8, 8), random_state=0, **params)),
+            ("dim", DeepInfomaxTransformer(image_shape=(8, 8), random_state=0, **settings)),
             ("clf", LogisticRegression(max_iter=5000)),
         ]
     )
@@ -34,7 +34,7 @@ def main(quick: bool) -> None:
 
     # without labels: DeepInfomaxTransformer.score is the held-out local MI bound
     unlabelled = GridSearchCV(
-        DeepInfomaxTransformer(image_shape=(8, 8), random_state=0, **params),
+        DeepInfomaxTransformer(image_shape=(8, 8), random_state=0, **settings),
         {"alpha": [0.0, 0.5], "gamma": [0.0, 0.1]},
         cv=3,
         n_jobs=2,
