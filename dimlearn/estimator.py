@@ -96,8 +96,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     a reparameterised Gaussian code. The DIM blog post's exact objective (Jensen-Shannon
     estimator, one shuffled in-batch negative, concatenate-and-score critics, KL summed over
     code dimensions) is available through ``negatives``, ``critic``, ``mi_estimator`` and
-    ``prior``; the defaults use the DIM paper's stronger choices and a light prior. ``transform`` returns the code mean, a ``latent_dim``-wide float32
-    feature vector.
+    ``prior``; the defaults use the DIM paper's stronger choices and a light prior.
+    ``transform`` returns the code mean, a ``latent_dim``-wide float32 feature vector.
 
     Inputs may be images, ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``, in uint8 or
     float; flat images ``(n, H*W*C)`` with ``image_shape`` given; or any other 2-D numeric
