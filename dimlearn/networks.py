@@ -291,9 +291,7 @@ class LocalLocalCritic(nn.Module):
             neg = (positions * mean_context[perm][:, :, None, None]).sum(1)
             return pos, neg.unsqueeze(1)
         full = torch.einsum("jd,idhw->ijhw", mean_context, positions)
-        n = full.shape[0]
-        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=full.device)
-        return pos, full[off_diagonal].reshape(n, n - 1, *full.shape[2:])
+        return pos, split_pairs(full)[1]
 
 
 class PriorDiscriminator(nn.Module):
@@ -318,6 +316,14 @@ class PriorDiscriminator(nn.Module):
         return torch.func.functional_call(self, weights, (z,))
 
 
+def split_pairs(full: torch.Tensor):
+    """Split all-pairs scores ``full[i, j, ...]`` (code or position i against image j) into
+    the matched pairs ``(B, ...)`` on the diagonal and the mismatched ones ``(B, B - 1, ...)``."""
+    n = full.shape[0]
+    diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
+    return full[diagonal], full[~diagonal].reshape(n, n - 1, *full.shape[2:])
+
+
 CRITICS = {
     "concat": (GlobalCritic, LocalCritic),
     "dot": (GlobalDotCritic, LocalDotCritic),
@@ -336,12 +342,7 @@ def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None):
         pos = critic.pair_scores(image_part, code_part)
         return pos, critic.pair_scores(image_part[perm], code_part).unsqueeze(1)
     # full[i, j] = T(x_j, z_i): row i holds every image scored against code i
-    full = critic.all_pair_scores(image_part, code_part)
-    n = full.shape[0]
-    diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
-    pos = full[diagonal]
-    neg = full[~diagonal].reshape(n, n - 1, *full.shape[2:])
-    return pos, neg
+    return split_pairs(critic.all_pair_scores(image_part, code_part))
 
 
 class DeepInfomaxModule(nn.Module):

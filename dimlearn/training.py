@@ -11,6 +11,8 @@ from skorch.callbacks import Callback, EarlyStopping, LRScheduler, PassthroughSc
 from torch import nn
 
 from .inputs import ArrayBatches, random_crop_flip
+from .networks import split_pairs
+from .objectives import infonce_mi_loss
 
 TERM_NAMES = ("global", "local", "prior", "local_local")
 
@@ -250,8 +252,6 @@ def local_mi_score(
     bounds are averaged, weighted by their sizes. Codes are scored ``code_chunk`` at a time,
     which bounds the memory of the concatenating critic's all-pairs scores.
     """
-    from .objectives import infonce_mi_loss
-
     module.eval()
     critic = module.local_critic
     total, count = 0.0, 0
@@ -264,11 +264,8 @@ def local_mi_score(
             critic.all_pair_scores(image_part, code_part[i : i + code_chunk])
             for i in range(0, len(x), code_chunk)
         ]
-        full = torch.cat(rows)  # full[i, j] = T(x_j, z_i), (B, B, h, w)
-        n = full.shape[0]
-        diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
-        pos = full[diagonal]
-        neg = full[~diagonal].reshape(n, n - 1, *full.shape[2:])
+        pos, neg = split_pairs(torch.cat(rows))  # rows[i, j] = T(x_j, z_i)
+        n = len(x)
         bound = np.log(n) - infonce_mi_loss(pos, neg).item()
         total += bound * n
         count += n
