@@ -27,7 +27,7 @@ import torch
 
 from dimlearn import DeepInfomaxTransformer
 from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
-from dimlearn.training import DeepInfomaxLoss, split_batches
+from dimlearn.training import DeepInfomaxLoss, build_module, split_batches
 
 from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, write_results
 
@@ -51,7 +51,7 @@ def bare_torch_fit(X, *, width, epochs, batch_size, lr, seed) -> float:
     data = ArrayBatches(X, layout, *channel_stats(X, layout)).take(slice(None))  # once, whole
     spec = DeepInfomaxTransformer(width=width, **WEIGHTS)
     torch.manual_seed(seed)
-    module = spec._build_module(layout).train()
+    module = build_module(spec.get_params(), layout).train()
     loss_fn = DeepInfomaxLoss(**WEIGHTS)
     optimiser = torch.optim.Adam(module.parameters(), lr=lr)
     sizes = split_batches(len(X), batch_size)

@@ -20,24 +20,35 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.history import History
 
 from .inputs import ArrayBatches, channel_stats, resolve_layout
-from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
-from .training import build_net, encode, local_mi_score
+from .state import drop_unused_parts, parts_in_use
+from .training import (
+    build_module,
+    build_net,
+    encode,
+    fit_net,
+    local_mi_score,
+    restore_training_state,
+    trained_state,
+)
 
 _TRANSFORM_BATCH = 512
+_FITTED_ATTRIBUTES = (
+    "module_",
+    "history_",
+    "loss_curve_",
+    "n_iter_",
+    "input_mean_",
+    "input_scale_",
+    "sample_shape_",
+    "n_features_in_",
+    "feature_names_in_",
+    "random_state_",
+    "_optimizer_state",
+    "_layout",
+)
 SCORE_BATCH = 128
 """Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
 127 other images, so the score is at most ``log(128)`` = 4.85 nats."""
-
-
-def _to_cpu(obj):
-    """A copy of a (nested) state dict with every tensor on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {key: _to_cpu(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(value) for value in obj]
-    return copy.deepcopy(obj)
 
 
 def _joined_history(first: History, second: History) -> History:
@@ -456,27 +467,45 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "delta > 0 asks for local-local MI between positions of an image, but X was "
                 "read as tabular rows. Pass image_shape for flat images, or set delta=0."
             )
-        if not continued:
-            self.sample_shape_ = tuple(X.shape[1:])
-            self.input_mean_, self.input_scale_ = channel_stats(X, layout)
+        rng = self._training_rng(continued)
+        rng_before = rng.get_state()
+        try:
+            self._run_training(X, layout, rng, device, max_epochs, continued, hold_out)
+        except BaseException:
+            # never keep a half-trained or NaN model: a first fit ends unfitted, a
+            # continued one exactly as it was before the call
+            rng.set_state(rng_before)
+            if not continued:
+                for name in _FITTED_ATTRIBUTES:
+                    self.__dict__.pop(name, None)
+            raise
+        return self
 
-        random_state = check_random_state(self.random_state)
-        seed = int(random_state.randint(np.iinfo(np.int32).max))
-        if continued:  # an int random_state must not replay the same epochs call after call
-            seed = (seed + 7919 * self.n_iter_) % np.iinfo(np.int32).max
+    def _training_rng(self, continued: bool) -> np.random.RandomState:
+        """The RNG stream that seeds each training call, kept as ``random_state_``."""
+        if not continued:
+            return check_random_state(self.random_state)
+        if hasattr(self, "random_state_"):
+            return self.random_state_
+        # a model loaded without its training state: a stream of its own, not a replay
+        if isinstance(self.random_state, Integral):
+            entropy = [int(self.random_state), int(self.n_iter_)]
+            return np.random.RandomState(np.random.SeedSequence(entropy).generate_state(1))
+        return check_random_state(self.random_state)
+
+    def _run_training(self, X, layout, rng, device, max_epochs, continued, hold_out):
+        """Train a net on X and, only once it succeeded, store its state on ``self``."""
+        stats = self._stats if continued else channel_stats(X, layout)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
         train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
-        if valid_rows is None:
-            dataset, valid_dataset = ArrayBatches(X, layout, *self._stats), None
-        else:
-            dataset = ArrayBatches(X[train_rows], layout, *self._stats)
-            valid_dataset = ArrayBatches(X[valid_rows], layout, *self._stats)
+        dataset = ArrayBatches(X, layout, *stats, rows=train_rows)
+        valid_dataset = None if valid_rows is None else ArrayBatches(X, layout, *stats, valid_rows)
 
         fork_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            module = self._build_module(layout)
             net = build_net(
-                module,
+                build_module(self.get_params(), layout),
                 alpha=self.alpha,
                 beta=self.beta,
                 gamma=self.gamma,
@@ -495,22 +524,28 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
             net.initialize()
             if continued:
-                self._restore_state(net)
-            net.partial_fit(dataset, None)
+                net.epochs_before = self.n_iter_
+                self._continue_from_fitted(net)
+            fit_net(net, dataset)
 
-        self.module_ = net.module_.to("cpu").eval()
-        self._optimizer_state = _to_cpu(net.optimizer_.state_dict())
-        new_losses = [float(v) for v in net.history[:, "train_loss"]]
+        module, optimizer_state = trained_state(net)
+        drop_unused_parts(module, parts_in_use(self.alpha, self.gamma, self.delta, self.prior))
+        kept = dict(module.named_parameters())
+        self._optimizer_state = {k: v for k, v in optimizer_state.items() if k in kept}
+        self.module_ = module
+        new_losses = [float(v) for v in net.history[:, "train_loss"]] if len(net.history) else []
         if continued:
             self.history_ = _joined_history(self.history_, net.history)
             self.loss_curve_ = self.loss_curve_ + new_losses
             self.n_iter_ += len(net.history)
         else:
+            self.sample_shape_ = tuple(X.shape[1:])
+            self.input_mean_, self.input_scale_ = stats
             self.history_ = net.history
             self.loss_curve_ = new_losses
             self.n_iter_ = len(net.history)
-        self._layout = layout
-        return self
+            self._layout = layout
+        self.random_state_ = rng
 
     @property
     def _stats(self):
@@ -531,44 +566,29 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         order = np.random.default_rng(seed).permutation(n)
         return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
-    def _restore_state(self, net) -> None:
-        """Load the fitted weights and optimiser state into a freshly initialised net."""
-        fitted = self.module_.state_dict()
-        fresh = net.module_.state_dict()
-        mismatched = sorted(
-            key
-            for key in set(fitted) | set(fresh)
-            if key not in fitted or key not in fresh or fitted[key].shape != fresh[key].shape
-        )
-        if mismatched:
-            raise ValueError(
-                "warm_start / partial_fit continues the fitted networks, but the current "
-                "parameters build different ones (latent_dim, width, critic, prior or "
-                f"delta > 0 changed; differing weights: {', '.join(mismatched[:4])}"
-                f"{', ...' if len(mismatched) > 4 else ''}). Restore those parameters, or set "
-                "warm_start=False to train afresh."
-            )
-        net.module_.load_state_dict(fitted)
-        state = getattr(self, "_optimizer_state", None)
-        if state is not None:
-            net.optimizer_.load_state_dict(state)
+    def _continue_from_fitted(self, net) -> None:
+        """Load the fitted weights and Adam's moments into a fresh net; say what is new.
 
-    def _build_module(self, layout) -> DeepInfomaxModule:
-        if layout.kind == "tabular":
-            encoder = MLPEncoder(layout.channels, self.latent_dim, self.width)
-        else:
-            height, width_px = layout.height_width
-            encoder = ConvEncoder(layout.channels, height, width_px, self.latent_dim, self.width)
-        return DeepInfomaxModule(
-            encoder,
-            self.latent_dim,
-            critic_hidden=8 * self.width,
-            critic=self.critic,
-            negatives=self.negatives,
-            mi_estimator=self.mi_estimator,
-            prior=self.prior,
-            local_local=self.delta > 0,
-        )
+        The fresh net's optimiser already has the current ``lr``: only the moments carry on.
+        """
+        optimizer_state = getattr(self, "_optimizer_state", None)
+        new_parts = restore_training_state(net, self.module_.state_dict(), optimizer_state)
+        used = parts_in_use(self.alpha, self.gamma, self.delta, self.prior)
+        untrained = [part for part in new_parts if part in used]
+        notes = []
+        if untrained:
+            notes.append(
+                f"the fitted model has no trained {', '.join(untrained)} (its term had "
+                "weight 0 when it was trained, so it was not kept): a new one, randomly "
+                "initialised, is trained from here on next to the fitted encoder"
+            )
+        if optimizer_state is None:
+            notes.append(
+                "the model holds no optimiser state (it was loaded from a file saved "
+                "without include_training_state=True): Adam starts afresh"
+            )
+        if notes:
+            warnings.warn(f"Continuing training: {'; '.join(notes)}.", UserWarning, stacklevel=5)
 
     def transform(self, X) -> np.ndarray:
         """Features of X (by default the code means), float32, computed in batches.
@@ -638,6 +658,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     @property
     def _n_features_out(self) -> int:
         return self.module_.encoder.feature_dims[self.feature_level]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "module_")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

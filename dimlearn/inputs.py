@@ -177,11 +177,21 @@ class ArrayBatches(torch.utils.data.Dataset):
     """Serves standardised float32 batches of an array, channels-first for images.
 
     ``take(indices)`` converts only the requested rows: ``(x - mean) / std`` per channel (or
-    per feature), with the statistics of the data the model was fitted on.
+    per feature), with the statistics of the data the model was fitted on. ``rows``
+    restricts the dataset to those rows of X (a sorted index array) without copying X, so a
+    memory-mapped array is only ever read a batch at a time.
     """
 
-    def __init__(self, X: np.ndarray, layout: Layout, mean: np.ndarray, std: np.ndarray):
+    def __init__(
+        self,
+        X: np.ndarray,
+        layout: Layout,
+        mean: np.ndarray,
+        std: np.ndarray,
+        rows: np.ndarray | None = None,
+    ):
         self.X = _as_images(X, layout)
+        self.rows = rows
         self.layout = layout
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.inv_std = torch.as_tensor(1.0 / std, dtype=torch.float32)
@@ -190,11 +200,11 @@ class ArrayBatches(torch.utils.data.Dataset):
             self.inv_std = self.inv_std[:, None, None]
 
     def __len__(self) -> int:
-        return self.X.shape[0]
+        return self.X.shape[0] if self.rows is None else len(self.rows)
 
     def take(self, rows) -> torch.Tensor:
         """Standardised float32 tensor of the given rows (an index array or a slice)."""
-        rows_array = self.X[rows]
+        rows_array = self.X[rows] if self.rows is None else self.X[self.rows[rows]]
         if rows_array.dtype != np.float32 or not rows_array.flags.writeable:
             rows_array = rows_array.astype(np.float32)
         batch = (torch.from_numpy(rows_array) - self.mean) * self.inv_std

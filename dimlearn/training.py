@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, LRScheduler, PassthroughScoring, ProgressBar
+from skorch.callbacks import LRScheduler, PassthroughScoring, ProgressBar
 from torch import nn
 
-from .inputs import ArrayBatches, random_crop_flip
-from .networks import split_pairs
+from .callbacks import (
+    BestEpochEarlyStopping,
+    StopAtBatchEnd,
+    StopRequest,
+    TimeBudget,
+    deferred_sigint,
+    finish_history,
+)
+from .inputs import ArrayBatches, Layout, random_crop_flip
+from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder, split_pairs
 from .objectives import infonce_mi_loss
+from .state import named_optimizer_state, set_named_optimizer_state
 
 TERM_NAMES = ("global", "local", "prior", "local_local")
 
@@ -106,25 +118,13 @@ class FixedSplit:
         return dataset, self.valid_dataset
 
 
-class TimeBudget(Callback):
-    """Stops training at the end of an epoch when the next one would overrun ``seconds``.
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss and was stopped.
 
-    The next epoch is predicted to take as long as the last; at least one epoch always runs.
-    Stopping works as in skorch's ``EarlyStopping``: a ``KeyboardInterrupt`` that
-    ``NeuralNet.fit`` catches, so the history and the module stay as after the last epoch.
+    Raised by ``fit`` and ``partial_fit`` at the first batch whose loss is not finite,
+    before the optimiser step that would spread it into the weights. A first fit leaves the
+    estimator unfitted; a continued fit leaves it exactly as it was before the call.
     """
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_train_begin(self, net, **kwargs):
-        self.start_ = time.perf_counter()
-
-    def on_epoch_end(self, net, **kwargs):
-        elapsed = time.perf_counter() - self.start_
-        if elapsed + net.history[-1, "dur"] > self.seconds:
-            net.history.record("stopped_by_time", True)
-            raise KeyboardInterrupt
 
 
 class DeepInfomaxNet(NeuralNet):
@@ -132,8 +132,12 @@ class DeepInfomaxNet(NeuralNet):
 
     The module returns the loss terms of a batch, the criterion weighs them, and the terms are
     recorded per batch so that :class:`~skorch.callbacks.PassthroughScoring` reports their
-    epoch means in the history next to ``train_loss``.
+    epoch means in the history next to ``train_loss``. A loss that is not finite stops
+    training at once with :class:`NonFiniteLossError`. ``epochs_before`` (epochs that
+    earlier calls ran) only numbers epochs in that error's message.
     """
+
+    epochs_before = 0
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
@@ -141,9 +145,11 @@ class DeepInfomaxNet(NeuralNet):
         Xi = Xi.to(self.device, non_blocking=True)
         terms = self.module_.terms(Xi, self.criterion_.active_terms)
         loss = self.criterion_(terms)
+        values = {name: value.item() for name, value in terms.items()}
+        self._check_finite(loss, values, "training")
         loss.backward()
-        for name, value in terms.items():
-            self.history.record_batch(f"train_{name}", value.item())
+        for name, value in values.items():
+            self.history.record_batch(f"train_{name}", value)
         return {"loss": loss, "y_pred": None}
 
     def validation_step(self, batch, **fit_params):
@@ -153,7 +159,58 @@ class DeepInfomaxNet(NeuralNet):
         with torch.no_grad():
             terms = self.module_.terms(Xi.to(self.device), self.criterion_.active_terms)
             loss = self.criterion_(terms)
+        self._check_finite(loss, {n: v.item() for n, v in terms.items()}, "held-out")
         return {"loss": loss, "y_pred": None}
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict, where: str) -> None:
+        value = loss.item()
+        if math.isfinite(value):
+            return
+        epoch = self.epochs_before + len(self.history)
+        batch = len(self.history[-1]["batches"])
+        shown = ", ".join(f"{name}={term:.4g}" for name, term in terms.items())
+        raise NonFiniteLossError(
+            f"The {where} loss became {value} at epoch {epoch}, batch {batch} ({shown}); "
+            "training stopped before the step that would spread it into the weights, and "
+            "no weights of this call are kept. Try a lower lr (it is "
+            f"{self.lr:g}; the default is 1e-3), and check the input scale: inputs are "
+            "standardised per channel with the statistics of the first fit, so values far "
+            "outside the range of that data, or a nearly constant channel, are the usual "
+            "causes."
+        )
+
+
+def build_module(params: Mapping, layout: Layout) -> DeepInfomaxModule:
+    """The encoder and critics for samples of ``layout``, from the estimator's parameters.
+
+    ``params`` is ``DeepInfomaxTransformer.get_params()`` (or any mapping with its
+    ``latent_dim``, ``width``, ``critic``, ``negatives``, ``mi_estimator``, ``prior`` and
+    ``delta``). Weights are drawn from torch's global RNG.
+
+    Examples
+    --------
+    >>> from dimlearn.inputs import resolve_layout
+    >>> params = dict(latent_dim=8, width=4, critic="dot", negatives="all",
+    ...               mi_estimator="infonce", prior="kl_mean", delta=0.0)
+    >>> build_module(params, resolve_layout((16, 16, 3), None, "auto")).encoder.feature_dims
+    {'conv': 32, 'fc': 64, 'code': 8}
+    """
+    latent_dim, width = params["latent_dim"], params["width"]
+    if layout.kind == "tabular":
+        encoder = MLPEncoder(layout.channels, latent_dim, width)
+    else:
+        height, width_px = layout.height_width
+        encoder = ConvEncoder(layout.channels, height, width_px, latent_dim, width)
+    return DeepInfomaxModule(
+        encoder,
+        latent_dim,
+        critic_hidden=8 * width,
+        critic=params["critic"],
+        negatives=params["negatives"],
+        mi_estimator=params["mi_estimator"],
+        prior=params["prior"],
+        local_local=params["delta"] > 0,
+    )
 
 
 def build_net(
@@ -179,10 +236,13 @@ def build_net(
 
     With ``valid_dataset``, the weighted objective is also computed on it after every epoch
     (``valid_loss``) and training stops once it has not improved by ``tol`` for
-    ``n_iter_no_change`` epochs, restoring the weights of the best epoch (skorch's
-    ``EarlyStopping``). ``lr_schedule="cosine"`` anneals the learning rate to 0 over
-    ``max_epochs`` (skorch's ``LRScheduler`` with ``CosineAnnealingLR``).
+    ``n_iter_no_change`` epochs, restoring the weights and optimiser state of the best epoch
+    (:class:`~dimlearn.callbacks.BestEpochEarlyStopping`). ``lr_schedule="cosine"`` anneals
+    the learning rate to 0 over ``max_epochs`` (skorch's ``LRScheduler`` with
+    ``CosineAnnealingLR``). ``net.stop_request``, set by a Ctrl-C during :func:`fit_net`,
+    stops training at the end of a batch.
     """
+    stop_request = StopRequest()
     criterion = DeepInfomaxLoss(alpha, beta, gamma, delta)
     callbacks = [
         (f"train_{name}", PassthroughScoring(name=f"train_{name}", on_train=True))
@@ -194,7 +254,7 @@ def build_net(
         callbacks.append(
             (
                 "early_stopping",
-                EarlyStopping(
+                BestEpochEarlyStopping(
                     monitor="valid_loss",
                     patience=n_iter_no_change,
                     threshold=tol,
@@ -205,9 +265,10 @@ def build_net(
         )
     if max_time is not None:
         callbacks.append(("time_budget", TimeBudget(max_time)))
+    callbacks.append(("stop_request", StopAtBatchEnd(stop_request)))
     if verbose:
         callbacks.append(("progress_bar", ProgressBar()))
-    return DeepInfomaxNet(
+    net = DeepInfomaxNet(
         module,
         criterion=criterion,
         optimizer=torch.optim.Adam,
@@ -222,6 +283,80 @@ def build_net(
         device=device,
         verbose=int(verbose),
     )
+    net.stop_request = stop_request
+    return net
+
+
+def restore_training_state(net: DeepInfomaxNet, module_state: dict, optimizer_state) -> list[str]:
+    """Load fitted weights and name-keyed Adam state into a freshly initialised net.
+
+    Every fitted weight must have a place of the same shape in the new module (else a
+    ``ValueError`` names the differing weights). Parts of the new module that the fitted
+    one lacks keep their fresh weights; their names (``"global_critic"``...) are returned.
+    """
+    fresh = net.module_.state_dict()
+    mismatched = sorted(
+        key
+        for key in module_state
+        if key not in fresh or fresh[key].shape != module_state[key].shape
+    )
+    if mismatched:
+        raise ValueError(
+            "warm_start / partial_fit continues the fitted networks, but the current "
+            "parameters build different ones (latent_dim, width, critic or image size "
+            f"changed; differing weights: {', '.join(mismatched[:4])}"
+            f"{', ...' if len(mismatched) > 4 else ''}). Restore those parameters, or set "
+            "warm_start=False to train afresh."
+        )
+    net.module_.load_state_dict(module_state, strict=False)
+    if optimizer_state is not None:
+        set_named_optimizer_state(net.optimizer_, net.module_, optimizer_state)
+    return sorted({key.split(".")[0] for key in fresh if key not in module_state})
+
+
+def fit_net(net: DeepInfomaxNet, dataset: ArrayBatches) -> dict | None:
+    """Train ``net`` on ``dataset`` (one call of skorch's ``partial_fit``), Ctrl-C-safe.
+
+    A first Ctrl-C stops training at the end of the running batch (see
+    :func:`~dimlearn.callbacks.deferred_sigint`); an epoch cut short by it or by the time
+    budget is completed in the history (:func:`~dimlearn.callbacks.finish_history`), and a
+    warning says where a Ctrl-C stopped. Returns the description of an epoch cut short, or
+    None.
+    """
+    with deferred_sigint(net.stop_request):
+        net.partial_fit(dataset, None)
+    timer = dict(net.callbacks_).get("epoch_timer")
+    if len(net.history) and "dur" not in net.history[-1] and timer is not None:
+        net.history.record("dur", time.time() - timer.epoch_start_time_)
+    cut = finish_history(net.history, len(split_batches(len(dataset), net.batch_size)))
+    by_time = len(net.history) and net.history[-1].get("stopped_by_time", False)
+    if net.stop_request.requested or (cut is not None and not by_time):
+        _warn_interrupted(net, cut)
+    return cut
+
+
+def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
+    if cut is None:
+        where = f"at the end of epoch {net.epochs_before + len(net.history)}"
+    elif cut["batches"] == 0:
+        where = f"before the first batch of epoch {net.epochs_before + cut['epoch']} ended"
+    else:
+        where = (
+            f"in epoch {net.epochs_before + cut['epoch']}, after batch {cut['batches']} "
+            f"of {cut['planned']}"
+        )
+    warnings.warn(
+        f"Training was interrupted (Ctrl-C) {where}. The model keeps the weights trained "
+        "so far; history_, n_iter_ and loss_curve_ count the partial epoch. Call fit with "
+        "warm_start=True, or partial_fit, to go on training.",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
+def trained_state(net: DeepInfomaxNet) -> tuple[nn.Module, dict]:
+    """The trained module (on the CPU, eval mode) and its name-keyed Adam state."""
+    return net.module_.to("cpu").eval(), named_optimizer_state(net.optimizer_, net.module_)
 
 
 @torch.no_grad()

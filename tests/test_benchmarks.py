@@ -84,17 +84,18 @@ def test_speed_benchmark_runs(tmp_path):
 
 def test_bare_loop_trains_the_module_it_builds(monkeypatch):
     built = []
-    original = speed.DeepInfomaxTransformer._build_module
+    original = speed.build_module
 
-    def spy(self, layout):
-        built.append(original(self, layout))
+    def spy(params, layout):
+        built.append(original(params, layout))
         return built[-1]
 
-    monkeypatch.setattr(speed.DeepInfomaxTransformer, "_build_module", spy)
+    monkeypatch.setattr(speed, "build_module", spy)
     X = speed.synthetic_images(16)
     speed.torch.manual_seed(0)
     untouched = spy(
-        speed.DeepInfomaxTransformer(width=4), speed.resolve_layout(X.shape[1:], None, "auto")
+        speed.DeepInfomaxTransformer(width=4).get_params(),
+        speed.resolve_layout(X.shape[1:], None, "auto"),
     ).state_dict()
     assert speed.bare_torch_fit(X, width=4, epochs=1, batch_size=8, lr=1e-3, seed=0) > 0
     trained = built[-1].state_dict()

@@ -135,17 +135,23 @@ def test_cosine_schedule_anneals_the_learning_rate(digit_images):
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
-def test_early_stopping_stops_and_restores_the_best_epoch(digit_images):
+def test_early_stopping_restores_the_whole_state_of_the_best_epoch(digit_images):
     X, _ = digit_images
     common = dict(FAST, early_stopping=True, validation_fraction=0.25)
-    # nothing can beat the first epoch by 1e9, so training stops after 1 + 2 epochs
+    # nothing can beat the first epoch by 1e9, so training stops after 1 + 2 epochs and
+    # the model is the state after epoch 1: weights, Adam's moments, history and n_iter_
     stopped = DeepInfomaxTransformer(
         **dict(common, max_epochs=10), tol=1e9, n_iter_no_change=2
     ).fit(X[:80])
-    assert stopped.n_iter_ == 3
-    assert np.isfinite(stopped.history_[:, "valid_loss"]).all()
+    assert stopped.n_iter_ == 1 and len(stopped.history_) == 1 == len(stopped.loss_curve_)
+    assert stopped.history_[-1, "epochs_after_best"] == 2
+    assert np.isfinite(stopped.history_[-1, "valid_loss_after_best"]).all()
     one_epoch = DeepInfomaxTransformer(**dict(common, max_epochs=1)).fit(X[:80])
     np.testing.assert_array_equal(stopped.transform(X[100:120]), one_epoch.transform(X[100:120]))
+    assert stopped._optimizer_state.keys() == one_epoch._optimizer_state.keys()
+    for name, state in stopped._optimizer_state.items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, one_epoch._optimizer_state[name][key], rtol=0, atol=0)
 
 
 def test_early_stopping_holds_out_rows_it_does_not_train_on(digit_images):
@@ -178,7 +184,7 @@ def test_warm_start_continues_training(digit_images):
     assert dim.loss_curve_[:2] == first_curve
     assert list(dim.history_[:, "epoch"]) == [1, 2, 3, 4]
     np.testing.assert_array_equal(dim.input_mean_, mean_before)  # first fit's scaling kept
-    steps = [s["step"] for s in dim._optimizer_state["state"].values()]
+    steps = [s["step"] for s in dim._optimizer_state.values()]
     assert all(int(step) == 4 for step in steps)  # Adam went on counting: 2 + 2 batches
 
 

@@ -1,0 +1,160 @@
+"""skorch callbacks that decide when training stops: a time budget, Ctrl-C, early stopping.
+
+Each stops training the way skorch's own ``EarlyStopping`` does, by raising
+``KeyboardInterrupt`` from a callback, which ``NeuralNet.partial_fit`` catches; all of them
+raise it at the end of a batch, after the optimiser step, so the networks and the optimiser
+are always left in a consistent state. :func:`finish_history` then makes the history of an
+epoch cut short read like a whole one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from skorch.callbacks import Callback, EarlyStopping
+
+from .state import named_optimizer_state, set_named_optimizer_state
+
+clock: Callable[[], float] = time.perf_counter
+"""The clock of :class:`TimeBudget` (a module attribute so that tests can replace it)."""
+
+
+class TimeBudget(Callback):
+    """Stops training once ``seconds`` have passed, at an epoch's end or inside an epoch.
+
+    At the end of an epoch, training stops if the next one, predicted to take as long as the
+    last, would overrun the budget. At the end of every batch, training stops if the budget
+    is spent: an epoch longer than the whole budget is cut at the batch that reaches it, so
+    a budget means the same on a large data set as on a small one.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_begin(self, net, **kwargs):
+        self.start_ = self.epoch_start_ = clock()
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.epoch_start_ = clock()
+
+    def on_batch_end(self, net, training=True, **kwargs):
+        if clock() - self.start_ >= self.seconds:
+            net.history.record("stopped_by_time", True)
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, net, **kwargs):
+        now = clock()
+        if (now - self.start_) + (now - self.epoch_start_) > self.seconds:
+            net.history.record("stopped_by_time", True)
+            raise KeyboardInterrupt
+
+
+class StopRequest:
+    """A flag that a SIGINT handler sets and :class:`StopAtBatchEnd` reads."""
+
+    def __init__(self):
+        self.requested = False
+
+
+@contextlib.contextmanager
+def deferred_sigint(request: StopRequest):
+    """Turn the first Ctrl-C (SIGINT) inside the block into a stop request.
+
+    The request is honoured at the end of the running batch (:class:`StopAtBatchEnd`), so
+    training never stops half way through an optimiser step. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once, as usual. Only where Python's default handler is in place
+    and only in the main thread (the one that receives signals); elsewhere nothing changes.
+    """
+    install = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if not install:
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request.requested:  # the second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        request.requested = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class StopAtBatchEnd(Callback):
+    """Stops training at the end of the batch during which a stop was requested (Ctrl-C)."""
+
+    def __init__(self, request: StopRequest):
+        self.request = request
+
+    def on_batch_end(self, net, **kwargs):
+        if self.request.requested:
+            net.history.record("interrupted", True)
+            raise KeyboardInterrupt
+
+
+class BestEpochEarlyStopping(EarlyStopping):
+    """skorch's ``EarlyStopping`` that restores the whole training state of the best epoch.
+
+    skorch's ``load_best`` restores the module's weights only. This also restores Adam's
+    state as it was after the best epoch and cuts the history there, so that the weights,
+    the optimiser, ``history_`` and ``n_iter_`` all describe the same epoch. The last kept
+    epoch records how many epochs ran past it (``epochs_after_best``) and their held-out
+    losses (``valid_loss_after_best``).
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        best_before = getattr(self, "best_epoch_", None)
+        try:
+            super().on_epoch_end(net, **kwargs)
+        finally:
+            if self.best_epoch_ != best_before:
+                self.best_optimizer_state_ = named_optimizer_state(net.optimizer_, net.module_)
+
+    def on_train_end(self, net, **kwargs):
+        best = getattr(self, "best_epoch_", None)
+        last = net.history[-1, "epoch"] if len(net.history) else None
+        if best is None or best == last:
+            return
+        net.module_.load_state_dict(self.best_model_weights_)
+        set_named_optimizer_state(net.optimizer_, net.module_, self.best_optimizer_state_)
+        after = [entry.get("valid_loss", float("nan")) for entry in net.history[best:]]
+        del net.history[best:]
+        net.history.record("epochs_after_best", len(after))
+        net.history.record("valid_loss_after_best", [float(v) for v in after])
+
+
+def finish_history(history, planned_batches: int) -> dict | None:
+    """Complete the history's last epoch if training stopped inside it; describe the stop.
+
+    An epoch cut short by Ctrl-C or the time budget has batch records but no epoch-level
+    ``train_loss``: it gets the means of the batches that ran (weighted by batch size, as
+    skorch's ``PassthroughScoring`` computes them) and ``epoch_fraction``, the share of its
+    ``planned_batches`` that ran. An epoch in which no batch finished is dropped.
+    Returns ``{"epoch", "batches", "planned"}`` for an epoch cut short, else None.
+    """
+    if not len(history) or "train_loss" in history[-1]:
+        return None
+    entry = history[-1]
+    batches = [b for b in entry.get("batches", []) if "train_batch_size" in b]
+    if not batches:
+        del history[-1]
+        return {"epoch": len(history) + 1, "batches": 0, "planned": planned_batches}
+    sizes = np.array([b["train_batch_size"] for b in batches], dtype=float)
+    for key in batches[0]:
+        if key.startswith("train_") and key != "train_batch_size":
+            values = [b[key] for b in batches]
+            entry[key] = float(np.average(values, weights=sizes))
+    entry["train_batch_count"] = len(batches)
+    entry["epoch_fraction"] = len(batches) / planned_batches
+    return {"epoch": entry["epoch"], "batches": len(batches), "planned": planned_batches}
