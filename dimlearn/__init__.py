@@ -1,6 +1,16 @@
 """dimlearn: Deep InfoMax feature learning as a scikit-learn transformer."""
 
-from .estimator import DeepInfomaxTransformer
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
-__all__ = ["DeepInfomaxTransformer", "__version__"]
+from .estimator import DeepInfomaxTransformer  # noqa: E402
+from .persistence import ModelFileError, load, save  # noqa: E402
+from .training import NonFiniteLossError  # noqa: E402
+
+__all__ = [
+    "DeepInfomaxTransformer",
+    "ModelFileError",
+    "NonFiniteLossError",
+    "__version__",
+    "load",
+    "save",
+]
