@@ -124,8 +124,8 @@ class BestEpochEarlyStopping(EarlyStopping):
     def on_train_end(self, net, **kwargs):
         best = getattr(self, "best_epoch_", None)
         last = net.history[-1, "epoch"] if len(net.history) else None
-        if best is None or best == last:
-            return
+        if self.best_model_weights_ is None or best == last:
+            return  # no epoch finished, or the last one is the best
         net.module_.load_state_dict(self.best_model_weights_)
         set_named_optimizer_state(net.optimizer_, net.module_, self.best_optimizer_state_)
         after = [entry.get("valid_loss", float("nan")) for entry in net.history[best:]]

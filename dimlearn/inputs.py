@@ -17,7 +17,10 @@ from .networks import MIN_IMAGE_SIDE
 _MAX_CHANNELS = 4
 """Up to this many, an axis of a 4-D array is taken as a channel axis (grey, RGB, RGBA...)."""
 
-_STATS_CHUNK = 4096
+_STATS_CHUNK_VALUES = 1 << 18
+"""Values per chunk of :func:`channel_stats` (2 MB as float64): its working memory stays
+small and fixed whatever the image size, so statistics of a memory-mapped array never hold
+a large share of it."""
 
 
 @dataclass(frozen=True)
@@ -155,13 +158,15 @@ def channel_stats(X: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray
     axis = layout.channel_axis % arr.ndim
     reduce_axes = tuple(a for a in range(arr.ndim) if a != axis)
     count, mean, m2 = 0, 0.0, 0.0
-    for start in range(0, arr.shape[0], _STATS_CHUNK):
-        chunk = arr[start : start + _STATS_CHUNK].astype(np.float64)
+    rows = max(1, _STATS_CHUNK_VALUES // max(1, int(np.prod(arr.shape[1:]))))
+    for start in range(0, arr.shape[0], rows):
+        chunk = arr[start : start + rows].astype(np.float64)
         n_chunk = chunk.size // chunk.shape[axis]
         chunk_mean = chunk.mean(axis=reduce_axes)
         shape = [1] * chunk.ndim
         shape[axis] = -1
-        chunk_m2 = ((chunk - chunk_mean.reshape(shape)) ** 2).sum(axis=reduce_axes)
+        chunk -= chunk_mean.reshape(shape)  # in place: one chunk-sized buffer in all
+        chunk_m2 = np.square(chunk, out=chunk).sum(axis=reduce_axes)
         delta = chunk_mean - mean
         total = count + n_chunk
         mean = mean + delta * n_chunk / total

@@ -50,7 +50,7 @@ def test_too_small_images_are_refused():
 
 
 def test_channel_stats_match_numpy_and_work_in_chunks(monkeypatch):
-    monkeypatch.setattr("dimlearn.inputs._STATS_CHUNK", 7)
+    monkeypatch.setattr("dimlearn.inputs._STATS_CHUNK_VALUES", 7 * 8 * 8 * 3)  # 7 images a chunk
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, size=(30, 8, 8, 3)).astype(np.uint8)
     layout = resolve_layout(X.shape[1:], None, "auto")
