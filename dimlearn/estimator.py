@@ -181,21 +181,29 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
     max_time : float or None, default=None
         Time budget for training, in seconds. Training stops at the end of the first epoch
-        after which the next one (predicted to take as long as the last) would overrun it;
-        at least one epoch runs. None trains for ``max_epochs``.
+        after which the next one (predicted to take as long as the last) would overrun it,
+        and, when one epoch alone is longer than the budget, at the end of the batch that
+        reaches it (the cut epoch is counted, with its ``epoch_fraction`` in ``history_``).
+        None trains for ``max_epochs``.
     batch_size : int, default=128
         Samples per training step; an epoch is cut into ``ceil(n / batch_size)`` batches of
         nearly equal size, so no sample is dropped and no batch is of one sample.
     lr : float, default=1e-3
-        Adam learning rate.
+        Adam learning rate. Every training call (``fit``, ``partial_fit``) uses the current
+        value: a continued fit keeps Adam's moments, not the learning rate the last call
+        ended with.
     lr_schedule : {"constant", "cosine"}, default="constant"
         ``"cosine"`` anneals the learning rate from ``lr`` to 0 over ``max_epochs`` epochs
-        (per epoch; a ``max_time`` budget that stops training earlier leaves it above 0).
+        of each call (per epoch; a ``max_time`` budget that stops training earlier leaves
+        it above 0; a continued fit starts again from ``lr``).
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data, compute the same weighted
         objective on it after every epoch (``valid_loss`` in ``history_``), stop once it has
-        not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the weights of the
-        best epoch. The held-out rows are drawn with ``random_state`` and are not trained on.
+        not improved by ``tol`` for ``n_iter_no_change`` epochs, and go back to the best
+        epoch: its weights, Adam's state, ``history_``, ``loss_curve_`` and ``n_iter_``
+        all describe that epoch (its history entry records ``epochs_after_best`` and their
+        ``valid_loss_after_best``). The held-out rows are drawn with ``random_state`` and are
+        not trained on.
     validation_fraction : float, default=0.1
         Share of the training data held out for ``early_stopping``.
     n_iter_no_change : int, default=10
@@ -204,10 +212,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Least decrease of the held-out objective that counts as an improvement.
     warm_start : bool, default=False
         If True and the estimator is fitted, ``fit`` continues training the fitted networks
-        (and Adam's state) on the new X instead of starting afresh. The input
-        standardisation of the first fit is kept, so features stay comparable; the new X
-        must have the same per-sample shape. The network parameters (``latent_dim``,
-        ``width``, ``critic``, ``prior``, ``delta > 0``) must not change in between.
+        (and Adam's moments) on the new X, at the current ``lr``, instead of starting
+        afresh. The input standardisation of the first fit is kept, so features stay
+        comparable; the new X must have the same per-sample shape, and ``latent_dim``,
+        ``width`` and ``critic`` must not change in between. Critics of terms whose weight
+        was 0 are not kept after a fit; turning such a term on for a continued fit trains a
+        new, randomly initialised critic next to the fitted encoder (with a warning).
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
@@ -215,22 +225,28 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, negatives and code sampling. With an int,
         fitting on the CPU is bit-for-bit reproducible (for a fixed torch thread count).
-        torch's global RNG is left as it was.
+        torch's global RNG is left as it was. Each training call draws its seed from the
+        stream ``random_state_``, which continued fits carry on.
     verbose : int, default=0
         0 is silent; 1 or more prints the per-epoch loss table and a progress bar.
 
     Attributes
     ----------
     module_ : torch.nn.Module
-        The trained encoder and critics (on the CPU, in eval mode).
+        The trained encoder, the local critic (which ``score`` reads) and the critics of the
+        terms with a weight above 0 (on the CPU, in eval mode).
     history_ : skorch.History
         Per-epoch records: ``train_loss`` and each active term (``train_global``,
-        ``train_local``, ``train_prior``), with epoch durations.
+        ``train_local``, ``train_prior``), with epoch durations. An epoch cut short by a
+        time budget or a Ctrl-C has ``epoch_fraction`` (and ``stopped_by_time`` or
+        ``interrupted``).
     loss_curve_ : list of float
         ``train_loss`` per epoch, over all ``fit`` calls that continued one another
         (``warm_start``, ``partial_fit``).
     n_iter_ : int
-        Epochs run, over those same calls.
+        Epochs run, over those same calls (an epoch cut short counts as one).
+    random_state_ : numpy.random.RandomState
+        The stream each training call draws its seed from.
     input_mean_, input_scale_ : ndarray
         Per-channel (or per-feature) statistics used to standardise inputs.
     sample_shape_ : tuple
@@ -240,8 +256,19 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     feature_names_in_ : ndarray of str
         Column names, when ``fit`` got a DataFrame with string column names.
 
+    See Also
+    --------
+    dimlearn.save, dimlearn.load : model files that are safe to share (safetensors + JSON).
+
     Notes
     -----
+    Faults: a loss that is not finite stops training at once with
+    :class:`~dimlearn.NonFiniteLossError` (a first fit leaves the estimator unfitted, a
+    continued one as it was); a Ctrl-C stops training at the end of the running batch and
+    ``fit`` returns the model trained so far, with a warning. Memory-mapped input
+    (``np.load(path, mmap_mode="r")``) is read a batch at a time in ``fit``,
+    ``partial_fit``, ``transform`` and ``score``, never copied whole.
+
     Why these defaults: they gave the best features per minute of training measured so far
     on CIFAR-10 with 2 CPU cores (``benchmarks/results/cifar10_variants.md`` and
     ``cifar10_options.md``: 10k images, 200 s per model). Local MI alone (``alpha=0,

@@ -193,7 +193,7 @@ def build_module(params: Mapping, layout: Layout) -> DeepInfomaxModule:
     >>> params = dict(latent_dim=8, width=4, critic="dot", negatives="all",
     ...               mi_estimator="infonce", prior="kl_mean", delta=0.0)
     >>> build_module(params, resolve_layout((16, 16, 3), None, "auto")).encoder.feature_dims
-    {'conv': 32, 'fc': 64, 'code': 8}
+    {'conv': 64, 'fc': 64, 'code': 8}
     """
     latent_dim, width = params["latent_dim"], params["width"]
     if layout.kind == "tabular":

@@ -1,7 +1,10 @@
-"""User story 3: joblib.dump a fitted extractor and use it elsewhere.
+"""User story 3: save the fitted extractor to a model file you can ship, load it elsewhere.
 
-The fitted state is kept on the CPU, so a model fitted on a GPU server loads and transforms
-on a laptop without one.
+``dimlearn.save`` writes one safetensors file (weights) with a JSON description (parameters,
+input statistics, history, versions); ``dimlearn.load`` reads it without unpickling
+anything, so a model from someone else is safe to open. The fitted state is kept on the
+CPU, so a model fitted on a GPU server loads and transforms on a laptop without one. With
+``include_training_state=True`` the file also holds what continued training needs.
 
     python examples/save_and_load.py [--quick]
 """
@@ -10,10 +13,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.datasets import load_digits
 
+import dimlearn
 from dimlearn import DeepInfomaxTransformer
 
 
@@ -21,14 +24,23 @@ def main(quick: bool) -> None:
     X, _ = load_digits(return_X_y=True)
     images = X.reshape(-1, 8, 8)
     params = dict(max_epochs=2, width=8) if quick else {}
-    dim = DeepInfomaxTransformer(random_state=0, **params).fit(images)
+    dim = DeepInfomaxTransformer(random_state=0, **params).fit(images[:1000])
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "digits_dim.joblib"
-        joblib.dump(dim, path)
-        print(f"saved {path.name}: {path.stat().st_size / 1e6:.1f} MB")
-        loaded = joblib.load(path)
-    same = np.array_equal(loaded.transform(images), dim.transform(images))
-    print(f"loaded model gives identical codes: {same}")
+        path = dimlearn.save(dim, Path(folder) / "digits_dim.safetensors")
+        print(f"saved {path.name}: {path.stat().st_size / 1e6:.2f} MB")
+        loaded = dimlearn.load(path)
+        same = np.array_equal(loaded.transform(images), dim.transform(images))
+        print(f"loaded model gives identical codes: {same}")
+
+        # to go on training later, keep the critics and Adam's state too
+        full = dimlearn.save(
+            dim, Path(folder) / "digits_full.safetensors", include_training_state=True
+        )
+        print(f"saved {full.name} with training state: {full.stat().st_size / 1e6:.2f} MB")
+        resumed = dimlearn.load(full).set_params(warm_start=True).fit(images[1000:])
+        dim.set_params(warm_start=True).fit(images[1000:])
+        same = np.array_equal(resumed.transform(images), dim.transform(images))
+        print(f"training resumed from the file matches the in-memory model: {same}")
 
 
 if __name__ == "__main__":
