@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
-from dimlearn.training import DeepInfomaxLoss, build_module, split_batches
+from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout, split_batches
+from dimlearn.training import DeepInfomaxLoss, build_module
 
 from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, write_results
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,17 +17,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.history import History
 
+from .devices import on_device, resolve_device
+from .inference import encode, local_mi_score
 from .inputs import ArrayBatches, channel_stats, resolve_layout
-from .state import drop_unused_parts, parts_in_use
-from .training import (
-    build_module,
-    build_net,
-    encode,
-    fit_net,
-    local_mi_score,
-    restore_training_state,
-    trained_state,
-)
+from .training import FittedState, train_networks
 
 _TRANSFORM_BATCH = 512
 _FITTED_ATTRIBUTES = (
@@ -59,43 +50,6 @@ def _joined_history(first: History, second: History) -> History:
         entry["epoch"] = len(joined) + 1
         joined.append(entry)
     return joined
-
-
-def resolve_device(device, *, strict: bool = True) -> torch.device:
-    """Turn the ``device`` parameter into a ``torch.device``.
-
-    ``"auto"`` is CUDA when available, else CPU. With ``strict`` (``fit``), asking for a CUDA
-    device that is not there raises; without it (``transform`` of a model loaded on another
-    machine) it warns and falls back to the CPU.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from None
-    if resolved.type == "cpu":
-        return resolved
-    if resolved.type != "cuda":
-        raise ValueError(f"Unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = resolved.index or 0
-    if index < count:
-        return resolved
-    problem = f"device={device!r} was requested but " + (
-        "CUDA is not available here" if count == 0 else f"only {count} CUDA device(s) exist"
-    )
-    if strict:
-        raise ValueError(f"{problem}. Use device='auto' or device='cpu'.")
-    warnings.warn(f"{problem}; running on the CPU. Set device='cpu' to silence this.", stacklevel=3)
-    return torch.device("cpu")
 
 
 class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -497,7 +451,18 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         rng = self._training_rng(continued)
         rng_before = rng.get_state()
         try:
-            self._run_training(X, layout, rng, device, max_epochs, continued, hold_out)
+            seed = int(rng.randint(np.iinfo(np.int32).max))
+            train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
+            stats = self._stats if continued else channel_stats(X, layout)
+            run = train_networks(
+                ArrayBatches(X, layout, *stats, rows=train_rows),
+                None if valid_rows is None else ArrayBatches(X, layout, *stats, valid_rows),
+                self.get_params(),
+                seed=seed,
+                device=device,
+                max_epochs=max_epochs,
+                fitted=self._fitted_state() if continued else None,
+            )
         except BaseException:
             # never keep a half-trained or NaN model: a first fit ends unfitted, a
             # continued one exactly as it was before the call
@@ -506,6 +471,21 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 for name in _FITTED_ATTRIBUTES:
                     self.__dict__.pop(name, None)
             raise
+        losses = [float(v) for v in run.history[:, "train_loss"]] if len(run.history) else []
+        if continued:
+            self.history_ = _joined_history(self.history_, run.history)
+            self.loss_curve_ = self.loss_curve_ + losses
+            self.n_iter_ += len(run.history)
+        else:
+            self.sample_shape_ = tuple(X.shape[1:])
+            self.input_mean_, self.input_scale_ = stats
+            self._layout = layout
+            self.history_ = run.history
+            self.loss_curve_ = losses
+            self.n_iter_ = len(run.history)
+        self.module_ = run.module
+        self._optimizer_state = run.optimizer_state
+        self.random_state_ = rng
         return self
 
     def _training_rng(self, continued: bool) -> np.random.RandomState:
@@ -520,59 +500,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             return np.random.RandomState(np.random.SeedSequence(entropy).generate_state(1))
         return check_random_state(self.random_state)
 
-    def _run_training(self, X, layout, rng, device, max_epochs, continued, hold_out):
-        """Train a net on X and, only once it succeeded, store its state on ``self``."""
-        stats = self._stats if continued else channel_stats(X, layout)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
-        dataset = ArrayBatches(X, layout, *stats, rows=train_rows)
-        valid_dataset = None if valid_rows is None else ArrayBatches(X, layout, *stats, valid_rows)
-
-        fork_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            net = build_net(
-                build_module(self.get_params(), layout),
-                alpha=self.alpha,
-                beta=self.beta,
-                gamma=self.gamma,
-                delta=self.delta,
-                max_epochs=max_epochs,
-                max_time=self.max_time,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                lr_schedule=self.lr_schedule,
-                device=device,
-                verbose=self.verbose,
-                augment=self.augment,
-                valid_dataset=valid_dataset,
-                n_iter_no_change=self.n_iter_no_change,
-                tol=self.tol,
-            )
-            net.initialize()
-            if continued:
-                net.epochs_before = self.n_iter_
-                self._continue_from_fitted(net)
-            fit_net(net, dataset)
-
-        module, optimizer_state = trained_state(net)
-        drop_unused_parts(module, parts_in_use(self.alpha, self.gamma, self.delta, self.prior))
-        kept = dict(module.named_parameters())
-        self._optimizer_state = {k: v for k, v in optimizer_state.items() if k in kept}
-        self.module_ = module
-        new_losses = [float(v) for v in net.history[:, "train_loss"]] if len(net.history) else []
-        if continued:
-            self.history_ = _joined_history(self.history_, net.history)
-            self.loss_curve_ = self.loss_curve_ + new_losses
-            self.n_iter_ += len(net.history)
-        else:
-            self.sample_shape_ = tuple(X.shape[1:])
-            self.input_mean_, self.input_scale_ = stats
-            self.history_ = net.history
-            self.loss_curve_ = new_losses
-            self.n_iter_ = len(net.history)
-            self._layout = layout
-        self.random_state_ = rng
+    def _fitted_state(self) -> FittedState:
+        return FittedState(
+            self.module_.state_dict(), getattr(self, "_optimizer_state", None), self.n_iter_
+        )
 
     @property
     def _stats(self):
@@ -593,30 +524,6 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         order = np.random.default_rng(seed).permutation(n)
         return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
-    def _continue_from_fitted(self, net) -> None:
-        """Load the fitted weights and Adam's moments into a fresh net; say what is new.
-
-        The fresh net's optimiser already has the current ``lr``: only the moments carry on.
-        """
-        optimizer_state = getattr(self, "_optimizer_state", None)
-        new_parts = restore_training_state(net, self.module_.state_dict(), optimizer_state)
-        used = parts_in_use(self.alpha, self.gamma, self.delta, self.prior)
-        untrained = [part for part in new_parts if part in used]
-        notes = []
-        if untrained:
-            notes.append(
-                f"the fitted model has no trained {', '.join(untrained)} (its term had "
-                "weight 0 when it was trained, so it was not kept): a new one, randomly "
-                "initialised, is trained from here on next to the fitted encoder"
-            )
-        if optimizer_state is None:
-            notes.append(
-                "the model holds no optimiser state (it was loaded from a file saved "
-                "without include_training_state=True): Adam starts afresh"
-            )
-        if notes:
-            warnings.warn(f"Continuing training: {'; '.join(notes)}.", UserWarning, stacklevel=5)
-
     def transform(self, X) -> np.ndarray:
         """Features of X (by default the code means), float32, computed in batches.
 
@@ -633,9 +540,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         X = self._validate_input(X, reset=False)
         dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
         device = resolve_device(self.device, strict=False)
-        module = self.module_
-        if device.type != "cpu":
-            module = copy.deepcopy(module).to(device)
+        module = on_device(self.module_, device)
         return encode(module, dataset, _TRANSFORM_BATCH, device, self.feature_level)
 
     def score(self, X, y=None) -> float:
@@ -677,10 +582,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
         device = resolve_device(self.device, strict=False)
-        module = self.module_
-        if device.type != "cpu":
-            module = copy.deepcopy(module).to(device)
-        return local_mi_score(module, dataset, SCORE_BATCH, device)
+        return local_mi_score(on_device(self.module_, device), dataset, SCORE_BATCH, device)
 
     @property
     def _n_features_out(self) -> int:

@@ -245,3 +245,65 @@ def random_crop_flip(images: torch.Tensor) -> torch.Tensor:
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     cropped = padded[torch.arange(n)[:, None, None], :, rows, cols]  # (B, H, W, C)
     return cropped.permute(0, 3, 1, 2).contiguous()
+
+
+def split_batches(n: int, batch_size: int) -> list[int]:
+    """Sizes of the batches an epoch of n samples is cut into.
+
+    ``ceil(n / batch_size)`` batches whose sizes differ by at most one, so that no sample is
+    dropped and no batch is ever of one sample (which has no negatives), for any ``n >= 2``.
+
+    Examples
+    --------
+    >>> split_batches(10, 4)
+    [4, 3, 3]
+    >>> split_batches(3, 2)
+    [3]
+    """
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to form a batch with negatives; got {n}")
+    n_batches = -(-n // batch_size)
+    n_batches = min(n_batches, n // 2)
+    base, extra = divmod(n, n_batches)
+    return [base + 1] * extra + [base] * (n_batches - extra)
+
+
+class ShuffledBatches:
+    """Iterable over one epoch: shuffled, nearly equal batches of ``(X_batch, None)``.
+
+    Used as skorch's ``iterator_train``. It draws the shuffle from torch's global RNG, which
+    the estimator seeds, and it converts each batch in one vectorised step, which is faster
+    than a ``DataLoader`` that fetches and collates sample by sample.
+    """
+
+    def __init__(self, dataset: ArrayBatches, batch_size: int, augment: bool = False):
+        self.dataset = dataset
+        self.sizes = split_batches(len(dataset), batch_size)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.dataset)).numpy()
+        bounds = np.cumsum([0, *self.sizes])
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            # sorted rows read memory in order; the batch's content is what was drawn
+            batch = self.dataset.take(np.sort(order[start:stop]))
+            yield (random_crop_flip(batch) if self.augment else batch), None
+
+
+class OrderedBatches:
+    """Iterable over a dataset in order, in nearly equal batches: skorch's ``iterator_valid``."""
+
+    def __init__(self, dataset: ArrayBatches, batch_size: int):
+        self.dataset = dataset
+        self.sizes = split_batches(len(dataset), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        bounds = np.cumsum([0, *self.sizes])
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            yield self.dataset.take(slice(int(start), int(stop))), None

@@ -1,4 +1,5 @@
-"""The skorch side: one DIM training step, the batch iterator and the callbacks wiring."""
+"""The skorch side: one DIM training step, the callbacks wiring, and a training call from
+start to end (build, restore, fit, collect)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import LRScheduler, PassthroughScoring, ProgressBar
+from skorch.history import History
 from torch import nn
 
 from .callbacks import (
@@ -21,10 +23,14 @@ from .callbacks import (
     deferred_sigint,
     finish_history,
 )
-from .inputs import ArrayBatches, Layout, random_crop_flip
-from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder, split_pairs
-from .objectives import infonce_mi_loss
-from .state import named_optimizer_state, set_named_optimizer_state
+from .inputs import ArrayBatches, Layout, OrderedBatches, ShuffledBatches, split_batches
+from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
+from .state import (
+    drop_unused_parts,
+    named_optimizer_state,
+    parts_in_use,
+    set_named_optimizer_state,
+)
 
 TERM_NAMES = ("global", "local", "prior", "local_local")
 
@@ -43,68 +49,6 @@ class DeepInfomaxLoss(nn.Module):
 
     def forward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[name] * value for name, value in terms.items())
-
-
-def split_batches(n: int, batch_size: int) -> list[int]:
-    """Sizes of the batches an epoch of n samples is cut into.
-
-    ``ceil(n / batch_size)`` batches whose sizes differ by at most one, so that no sample is
-    dropped and no batch is ever of one sample (which has no negatives), for any ``n >= 2``.
-
-    Examples
-    --------
-    >>> split_batches(10, 4)
-    [4, 3, 3]
-    >>> split_batches(3, 2)
-    [3]
-    """
-    if n < 2:
-        raise ValueError(f"need at least 2 samples to form a batch with negatives; got {n}")
-    n_batches = -(-n // batch_size)
-    n_batches = min(n_batches, n // 2)
-    base, extra = divmod(n, n_batches)
-    return [base + 1] * extra + [base] * (n_batches - extra)
-
-
-class ShuffledBatches:
-    """Iterable over one epoch: shuffled, nearly equal batches of ``(X_batch, None)``.
-
-    Used as skorch's ``iterator_train``. It draws the shuffle from torch's global RNG, which
-    the estimator seeds, and it converts each batch in one vectorised step, which is faster
-    than a ``DataLoader`` that fetches and collates sample by sample.
-    """
-
-    def __init__(self, dataset: ArrayBatches, batch_size: int, augment: bool = False):
-        self.dataset = dataset
-        self.sizes = split_batches(len(dataset), batch_size)
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.dataset)).numpy()
-        bounds = np.cumsum([0, *self.sizes])
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            # sorted rows read memory in order; the batch's content is what was drawn
-            batch = self.dataset.take(np.sort(order[start:stop]))
-            yield (random_crop_flip(batch) if self.augment else batch), None
-
-
-class OrderedBatches:
-    """Iterable over a dataset in order, in nearly equal batches: skorch's ``iterator_valid``."""
-
-    def __init__(self, dataset: ArrayBatches, batch_size: int):
-        self.dataset = dataset
-        self.sizes = split_batches(len(dataset), batch_size)
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    def __iter__(self):
-        bounds = np.cumsum([0, *self.sizes])
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            yield self.dataset.take(slice(int(start), int(stop))), None
 
 
 class FixedSplit:
@@ -213,92 +157,74 @@ def build_module(params: Mapping, layout: Layout) -> DeepInfomaxModule:
     )
 
 
-def build_net(
-    module,
-    *,
-    alpha,
-    beta,
-    gamma,
-    max_epochs,
-    max_time,
-    batch_size,
-    lr,
-    device,
-    verbose,
-    augment=False,
-    delta=0.0,
-    lr_schedule="constant",
-    valid_dataset=None,
-    n_iter_no_change=10,
-    tol=1e-4,
-):
+def build_net(module, params: Mapping, *, max_epochs: int, device, valid_dataset=None):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``.
 
-    With ``valid_dataset``, the weighted objective is also computed on it after every epoch
-    (``valid_loss``) and training stops once it has not improved by ``tol`` for
-    ``n_iter_no_change`` epochs, restoring the weights and optimiser state of the best epoch
-    (:class:`~dimlearn.callbacks.BestEpochEarlyStopping`). ``lr_schedule="cosine"`` anneals
-    the learning rate to 0 over ``max_epochs`` (skorch's ``LRScheduler`` with
-    ``CosineAnnealingLR``). ``net.stop_request``, set by a Ctrl-C during :func:`fit_net`,
-    stops training at the end of a batch.
+    ``params`` is the estimator's ``get_params()``: the loss weights, ``max_time``,
+    ``batch_size``, ``lr``, ``lr_schedule``, ``augment``, ``n_iter_no_change``, ``tol`` and
+    ``verbose`` are read from it. With ``valid_dataset``, the weighted objective is also
+    computed on it after every epoch (``valid_loss``) and training stops once it has not
+    improved by ``tol`` for ``n_iter_no_change`` epochs, restoring the weights and optimiser
+    state of the best epoch (:class:`~dimlearn.callbacks.BestEpochEarlyStopping`).
+    ``lr_schedule="cosine"`` anneals the learning rate to 0 over ``max_epochs`` (skorch's
+    ``LRScheduler`` with ``CosineAnnealingLR``). ``net.stop_request``, set by a Ctrl-C
+    during :func:`fit_net`, stops training at the end of a batch.
     """
     stop_request = StopRequest()
-    criterion = DeepInfomaxLoss(alpha, beta, gamma, delta)
+    criterion = DeepInfomaxLoss(params["alpha"], params["beta"], params["gamma"], params["delta"])
     callbacks = [
         (f"train_{name}", PassthroughScoring(name=f"train_{name}", on_train=True))
         for name in criterion.active_terms
     ]
-    if lr_schedule == "cosine":
+    if params["lr_schedule"] == "cosine":
         callbacks.append(("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs)))
     if valid_dataset is not None:
-        callbacks.append(
-            (
-                "early_stopping",
-                BestEpochEarlyStopping(
-                    monitor="valid_loss",
-                    patience=n_iter_no_change,
-                    threshold=tol,
-                    threshold_mode="abs",
-                    load_best=True,
-                ),
-            )
+        stopping = BestEpochEarlyStopping(
+            monitor="valid_loss",
+            patience=params["n_iter_no_change"],
+            threshold=params["tol"],
+            threshold_mode="abs",
+            load_best=True,
         )
-    if max_time is not None:
-        callbacks.append(("time_budget", TimeBudget(max_time)))
+        callbacks.append(("early_stopping", stopping))
+    if params["max_time"] is not None:
+        callbacks.append(("time_budget", TimeBudget(params["max_time"])))
     callbacks.append(("stop_request", StopAtBatchEnd(stop_request)))
-    if verbose:
+    if params["verbose"]:
         callbacks.append(("progress_bar", ProgressBar()))
     net = DeepInfomaxNet(
         module,
         criterion=criterion,
         optimizer=torch.optim.Adam,
-        lr=lr,
+        lr=params["lr"],
         max_epochs=max_epochs,
-        batch_size=batch_size,
+        batch_size=params["batch_size"],
         iterator_train=ShuffledBatches,
-        iterator_train__augment=augment,
+        iterator_train__augment=params["augment"],
         iterator_valid=OrderedBatches,
         train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
         callbacks=callbacks,
         device=device,
-        verbose=int(verbose),
+        verbose=int(params["verbose"]),
     )
     net.stop_request = stop_request
     return net
 
 
-def restore_training_state(net: DeepInfomaxNet, module_state: dict, optimizer_state) -> list[str]:
-    """Load fitted weights and name-keyed Adam state into a freshly initialised net.
+def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, used: set[str]) -> None:
+    """Load fitted weights and name-keyed Adam moments into a freshly initialised net.
 
     Every fitted weight must have a place of the same shape in the new module (else a
-    ``ValueError`` names the differing weights). Parts of the new module that the fitted
-    one lacks keep their fresh weights; their names (``"global_critic"``...) are returned.
+    ``ValueError`` names the differing weights). The optimiser keeps its own, current,
+    learning rate. Parts of the new module that the fitted one lacks keep their fresh
+    weights; if a term in ``used`` needs one of them, or Adam's moments are missing, a
+    warning says so.
     """
     fresh = net.module_.state_dict()
     mismatched = sorted(
         key
-        for key in module_state
-        if key not in fresh or fresh[key].shape != module_state[key].shape
+        for key in fitted.module_state
+        if key not in fresh or fresh[key].shape != fitted.module_state[key].shape
     )
     if mismatched:
         raise ValueError(
@@ -308,10 +234,26 @@ def restore_training_state(net: DeepInfomaxNet, module_state: dict, optimizer_st
             f"{', ...' if len(mismatched) > 4 else ''}). Restore those parameters, or set "
             "warm_start=False to train afresh."
         )
-    net.module_.load_state_dict(module_state, strict=False)
-    if optimizer_state is not None:
-        set_named_optimizer_state(net.optimizer_, net.module_, optimizer_state)
-    return sorted({key.split(".")[0] for key in fresh if key not in module_state})
+    net.module_.load_state_dict(fitted.module_state, strict=False)
+    if fitted.optimizer_state is not None:
+        set_named_optimizer_state(net.optimizer_, net.module_, fitted.optimizer_state)
+    net.epochs_before = fitted.epochs
+    new_parts = {key.split(".")[0] for key in fresh if key not in fitted.module_state}
+    notes = []
+    untrained = sorted(new_parts & used)
+    if untrained:
+        notes.append(
+            f"the fitted model has no trained {', '.join(untrained)} (its term had weight 0 "
+            "when it was trained, so it was not kept): a new one, randomly initialised, is "
+            "trained from here on next to the fitted encoder"
+        )
+    if fitted.optimizer_state is None:
+        notes.append(
+            "the model holds no optimiser state (it was loaded from a file saved without "
+            "include_training_state=True): Adam starts afresh"
+        )
+    if notes:
+        warnings.warn(f"Continuing training: {'; '.join(notes)}.", UserWarning, stacklevel=6)
 
 
 def fit_net(net: DeepInfomaxNet, dataset: ArrayBatches) -> dict | None:
@@ -347,61 +289,71 @@ def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
         )
     warnings.warn(
         f"Training was interrupted (Ctrl-C) {where}. The model keeps the weights trained "
-        "so far; history_, n_iter_ and loss_curve_ count the partial epoch. Call fit with "
-        "warm_start=True, or partial_fit, to go on training.",
+        "so far (with early_stopping, those of the best epoch); history_, n_iter_ and "
+        "loss_curve_ count an epoch cut short as one. Call fit with warm_start=True, or "
+        "partial_fit, to go on training.",
         UserWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
 
 
-def trained_state(net: DeepInfomaxNet) -> tuple[nn.Module, dict]:
-    """The trained module (on the CPU, eval mode) and its name-keyed Adam state."""
-    return net.module_.to("cpu").eval(), named_optimizer_state(net.optimizer_, net.module_)
+@dataclass
+class FittedState:
+    """What a training call continues from, or what it leaves behind.
 
-
-@torch.no_grad()
-def encode(
-    module: nn.Module, dataset: ArrayBatches, batch_size: int, device, level: str = "code"
-) -> np.ndarray:
-    """Features of every sample at ``level``, float32, batch by batch into one output array."""
-    module.eval()
-    encoder = module.encoder
-    out = np.empty((len(dataset), encoder.feature_dims[level]), dtype=np.float32)
-    for start in range(0, len(dataset), batch_size):
-        features = encoder.features(
-            dataset.take(slice(start, start + batch_size)).to(device), level
-        )
-        out[start : start + features.shape[0]] = features.cpu().numpy()
-    return out
-
-
-@torch.no_grad()
-def local_mi_score(
-    module: nn.Module, dataset: ArrayBatches, batch_size: int, device, code_chunk: int = 16
-) -> float:
-    """Held-out infoNCE lower bound on the local MI, in nats, averaged over samples.
-
-    The dataset is cut in order into nearly equal batches (:func:`split_batches`); in a
-    batch of B, every code mean is scored by the local critic against the local map of all B
-    images at every position, and ``log B - infoNCE`` is that batch's bound. The batches'
-    bounds are averaged, weighted by their sizes. Codes are scored ``code_chunk`` at a time,
-    which bounds the memory of the concatenating critic's all-pairs scores.
+    ``module_state`` is a module's ``state_dict``; ``optimizer_state`` Adam's moments by
+    parameter name (None when unknown); ``epochs`` how many epochs produced them.
     """
-    module.eval()
-    critic = module.local_critic
-    total, count = 0.0, 0
-    bounds = np.cumsum([0, *split_batches(len(dataset), batch_size)])
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        x = dataset.take(slice(int(start), int(stop))).to(device)
-        local_map, mu, _ = module.encoder(x)
-        image_part, code_part = critic.embed(local_map, mu)
-        rows = [
-            critic.all_pair_scores(image_part, code_part[i : i + code_chunk])
-            for i in range(0, len(x), code_chunk)
-        ]
-        pos, neg = split_pairs(torch.cat(rows))  # rows[i, j] = T(x_j, z_i)
-        n = len(x)
-        bound = np.log(n) - infonce_mi_loss(pos, neg).item()
-        total += bound * n
-        count += n
-    return total / count
+
+    module_state: dict
+    optimizer_state: dict | None
+    epochs: int
+
+
+@dataclass
+class TrainingCall:
+    """The outcome of :func:`train_networks`: the trained module, its Adam moments, the
+    history of this call's epochs."""
+
+    module: nn.Module
+    optimizer_state: dict
+    history: History
+
+
+def train_networks(
+    dataset: ArrayBatches,
+    valid_dataset: ArrayBatches | None,
+    params: Mapping,
+    *,
+    seed: int,
+    device: torch.device,
+    max_epochs: int,
+    fitted: FittedState | None = None,
+) -> TrainingCall:
+    """One training call, start to end: build the networks for the dataset's layout from
+    ``params`` with torch seeded by ``seed`` (torch's global RNG is restored afterwards),
+    continue from ``fitted`` if given, train, and return the module on the CPU without the
+    parts that no term uses (:func:`~dimlearn.state.drop_unused_parts`).
+
+    Raises :class:`NonFiniteLossError` if the loss stops being finite; nothing outside the
+    returned object is changed, so a caller that does not keep it is left as it was.
+    """
+    used = parts_in_use(params["alpha"], params["gamma"], params["delta"], params["prior"])
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        net = build_net(
+            build_module(params, dataset.layout),
+            params,
+            max_epochs=max_epochs,
+            device=device,
+            valid_dataset=valid_dataset,
+        )
+        net.initialize()
+        if fitted is not None:
+            restore_training_state(net, fitted, used)
+        fit_net(net, dataset)
+    module = drop_unused_parts(net.module_.to("cpu").eval(), used)
+    kept = dict(module.named_parameters())
+    state = named_optimizer_state(net.optimizer_, net.module_)
+    return TrainingCall(module, {k: v for k, v in state.items() if k in kept}, net.history)

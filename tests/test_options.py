@@ -119,7 +119,7 @@ def test_local_local_term_trains_with_its_own_weight(digit_images, negatives):
 def test_local_local_on_tabular_rows_is_refused(monkeypatch):
     import dimlearn.estimator as estimator_module
 
-    monkeypatch.setattr(estimator_module, "build_net", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(estimator_module, "train_networks", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="delta > 0"):
         DeepInfomaxTransformer(**FAST, delta=1.0).fit(small_rows())
 
@@ -165,7 +165,7 @@ def test_early_stopping_holds_out_rows_it_does_not_train_on(digit_images):
 def test_early_stopping_with_too_few_rows_is_refused(monkeypatch):
     import dimlearn.estimator as estimator_module
 
-    monkeypatch.setattr(estimator_module, "build_net", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(estimator_module, "train_networks", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="validation_fraction=0.1 splits 10 samples"):
         X = np.random.default_rng(0).random((10, 8, 8))
         DeepInfomaxTransformer(**FAST, early_stopping=True).fit(X)
@@ -188,6 +188,7 @@ def test_warm_start_continues_training(digit_images):
     assert all(int(step) == 4 for step in steps)  # Adam went on counting: 2 + 2 batches
 
 
+@pytest.mark.slow
 def test_warm_start_matches_one_longer_fit_in_quality(digit_images):
     X, _ = digit_images
     longer = DeepInfomaxTransformer(**dict(FAST, max_epochs=6, width=8)).fit(X[:600])
@@ -290,8 +291,8 @@ def test_score_does_not_depend_on_the_loss_weights(trained_and_global_only):
 def test_concat_critic_scores_in_chunks_as_one_batch(digit_images):
     X, _ = digit_images
     dim = DeepInfomaxTransformer(**FAST, critic="concat").fit(X[:64])
+    from dimlearn.inference import local_mi_score
     from dimlearn.inputs import ArrayBatches
-    from dimlearn.training import local_mi_score
 
     data = ArrayBatches(X[64:164].reshape(-1, 8, 8), dim._layout, *dim._stats)
     whole = local_mi_score(dim.module_, data, 128, "cpu", code_chunk=1000)

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
-from dimlearn.training import DeepInfomaxLoss, ShuffledBatches, split_batches
+from dimlearn.inputs import (
+    ArrayBatches,
+    ShuffledBatches,
+    channel_stats,
+    resolve_layout,
+    split_batches,
+)
+from dimlearn.training import DeepInfomaxLoss
 
 
 @pytest.mark.parametrize("n", range(2, 60))

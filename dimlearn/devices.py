@@ -1,0 +1,51 @@
+"""Which torch device a call runs on, and the fitted module's copy there."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+
+def resolve_device(device, *, strict: bool = True) -> torch.device:
+    """Turn the ``device`` parameter into a ``torch.device``.
+
+    ``"auto"`` is CUDA when available, else CPU. With ``strict`` (``fit``), asking for a CUDA
+    device that is not there raises; without it (``transform`` of a model loaded on another
+    machine) it warns and falls back to the CPU.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"Unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = resolved.index or 0
+    if index < count:
+        return resolved
+    problem = f"device={device!r} was requested but " + (
+        "CUDA is not available here" if count == 0 else f"only {count} CUDA device(s) exist"
+    )
+    if strict:
+        raise ValueError(f"{problem}. Use device='auto' or device='cpu'.")
+    warnings.warn(f"{problem}; running on the CPU. Set device='cpu' to silence this.", stacklevel=3)
+    return torch.device("cpu")
+
+
+def on_device(module: nn.Module, device: torch.device) -> nn.Module:
+    """The module itself on the CPU (where fitted modules live), a copy on another device."""
+    return module if device.type == "cpu" else copy.deepcopy(module).to(device)
