@@ -138,6 +138,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         after which the next one (predicted to take as long as the last) would overrun it,
         and, when one epoch alone is longer than the budget, at the end of the batch that
         reaches it (the cut epoch is counted, with its ``epoch_fraction`` in ``history_``).
+        The pass over X that computes the input statistics comes before the budget starts.
         None trains for ``max_epochs``.
     batch_size : int, default=128
         Samples per training step; an epoch is cut into ``ceil(n / batch_size)`` batches of
