@@ -16,6 +16,7 @@ def run_quality(tmp_path, name, *extra):
     return json.loads((tmp_path / f"{name}.json").read_text())
 
 
+@pytest.mark.slow
 def test_quality_baselines_writes_table_json_and_figures(tmp_path):
     payload = run_quality(
         tmp_path, "tiny", "--budget-minutes", "0.02", "--n-train", "200", "--n-test", "100"
@@ -38,6 +39,7 @@ def test_quality_baselines_writes_table_json_and_figures(tmp_path):
         assert (tmp_path / f"tiny_knn_{metric}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_quality_ablation_has_six_configs(tmp_path):
     rows = run_quality(
         tmp_path,
@@ -61,6 +63,7 @@ def test_missing_dataset_is_skipped_with_a_reason(tmp_path, monkeypatch, capsys)
     assert not list(tmp_path.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs(tmp_path):
     args = [
         "--n-fit",
@@ -68,7 +71,7 @@ def test_speed_benchmark_runs(tmp_path):
         "--epochs",
         "1",
         "--repeats",
-        "1",
+        "3",
         "--widths",
         "4",
         "--transform-sizes",
@@ -78,8 +81,35 @@ def test_speed_benchmark_runs(tmp_path):
     ]
     assert speed.main(args) == 0
     payload = json.loads((tmp_path / "speed.json").read_text())
-    assert payload["fit"][0]["ratio"] > 0
-    assert payload["transform"][0]["n"] == 600 and payload["transform"][0]["img_s"] > 0
+    assert payload["args"]["n_fit"] == 64 and payload["wall_seconds"] > 0
+
+    [fit] = payload["fit"]
+    assert fit["model"] == "width 4" and fit["n"] == 64 and fit["epochs"] == 1
+    assert fit["threads"] == speed.torch.get_num_threads()
+    pairs = np.array(fit["pairs"])  # (wrapper seconds, bare torch seconds) per repeat
+    assert pairs.shape == (3, 2) and np.all(np.isfinite(pairs)) and np.all(pairs > 0)
+    # the reported numbers are the ones computed from the recorded times
+    assert fit["ratio"] == pytest.approx(np.median(pairs[:, 0] / pairs[:, 1]), rel=1e-12)
+    assert fit["wrapper_img_s"] == pytest.approx(64 / np.median(pairs[:, 0]), rel=1e-12)
+    assert fit["bare_img_s"] == pytest.approx(64 / np.median(pairs[:, 1]), rel=1e-12)
+    # plausibility only, wide enough for a busy machine: the two loops train the same
+    # networks on the same batches, so neither can be orders of magnitude faster
+    assert 0.05 < fit["ratio"] < 50
+
+    [row] = payload["transform"]
+    assert row["n"] == 600 and row["seconds"] > 0
+    assert row["img_s"] == pytest.approx(600 / row["seconds"], rel=1e-12)
+    assert row["input_mb"] == 600 * 32 * 32 * 3 / 2**20  # uint8 32x32x3 images
+    latent_dim = speed.DeepInfomaxTransformer().latent_dim
+    assert row["output_mb"] == 600 * latent_dim * 4 / 2**20  # float32 codes
+    assert 0 < row["rss_before_mb"] <= row["peak_mb"]
+    assert row["extra_peak_mb"] == pytest.approx(
+        row["peak_mb"] - row["rss_before_mb"] - row["output_mb"]
+    )
+
+    table = (tmp_path / "speed.md").read_text()
+    assert f"| width 4 | {fit['threads']} |" in table and f"| {fit['ratio']:.3f} |" in table
+    assert f"| 600 | {row['img_s']:.0f} |" in table
 
 
 def test_bare_loop_trains_the_module_it_builds(monkeypatch):
@@ -122,6 +152,7 @@ def test_markdown_table_formats():
     assert "| 50.0 | 2.00 |" in table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10", "fashion_mnist"])
 def test_real_datasets_load_when_present(name):
     try:
@@ -131,6 +162,7 @@ def test_real_datasets_load_when_present(name):
     assert X_tr.dtype == np.uint8 and len(X_tr) == 50 and len(y_te) == 20 and len(names) == 10
 
 
+@pytest.mark.slow
 def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "VARIANTS", quality.VARIANTS[:3:2])
     rows = run_quality(
@@ -148,6 +180,7 @@ def test_quality_variants_study_runs_every_variant(tmp_path, monkeypatch):
     assert [row["features"] for row in rows] == [label for label, _ in quality.VARIANTS]
 
 
+@pytest.mark.slow
 def test_quality_options_study_runs_every_option(tmp_path):
     rows = run_quality(
         tmp_path,
@@ -172,6 +205,7 @@ def test_quality_options_study_runs_every_option(tmp_path):
     assert cosine["epochs"] <= rows[0]["epochs"]
 
 
+@pytest.mark.slow
 def test_probes_use_a_subset_and_raw_pixels_can_be_skipped(tmp_path):
     payload = run_quality(
         tmp_path,

@@ -13,8 +13,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 
+import dimlearn.callbacks
 import dimlearn.estimator as estimator_module
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.networks import DeepInfomaxModule
 from tests.conftest import small_images
 
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
@@ -63,6 +65,7 @@ def test_nearest_neighbours_on_codes_find_same_class_images(fitted_digits):
     assert same_class > 0.3
 
 
+@pytest.mark.slow
 def test_grid_search_over_loss_weights_in_parallel(digit_images):
     X, y = digit_images
     pipe = Pipeline(
@@ -184,16 +187,74 @@ def test_training_lowers_the_loss(digit_images):
     assert dim.loss_curve_[-1] < dim.loss_curve_[0] - 0.2
 
 
-def test_max_time_stops_training_within_the_budget(digit_images):
-    X, _ = digit_images
-    one = DeepInfomaxTransformer(**{**FAST, "max_epochs": 1}).fit(X[:300])
-    epoch = one.history_[-1, "dur"]
-    dim = DeepInfomaxTransformer(**{**FAST, "max_epochs": 1000, "max_time": 3.5 * epoch})
-    dim.fit(X[:300])
-    assert 1 <= dim.n_iter_ < 1000
-    assert dim.history_[-1, "stopped_by_time"]
-    assert sum(dim.history_[:, "dur"]) <= 3.5 * epoch * 1.5
-    assert len(dim.loss_curve_) == dim.n_iter_
+class BatchClock:
+    """A fake ``dimlearn.callbacks.clock``: exactly 1.0 "second" passes per training batch.
+
+    It is advanced by the training step (``DeepInfomaxModule.terms`` in training mode, which
+    ``DeepInfomaxNet.train_step_single`` calls once per batch), so a budget is counted in
+    batches and does not depend on how busy the machine is.
+    """
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        self.train_batches = 0
+        original = DeepInfomaxModule.terms
+
+        def terms(module, x, names):
+            if module.training:
+                self.now += 1.0
+                self.train_batches += 1
+            return original(module, x, names)
+
+        monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
+        monkeypatch.setattr(dimlearn.callbacks, "clock", self)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# 30 samples in batches of 10: every epoch is exactly 3 batches, i.e. 3 fake seconds
+BUDGET = dict(FAST, max_epochs=100, batch_size=10)
+
+
+def fit_on_the_batch_clock(monkeypatch, max_time):
+    clock = BatchClock(monkeypatch)
+    X = small_images(n=30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dim = DeepInfomaxTransformer(**BUDGET, max_time=max_time).fit(X)
+    # a stop by the budget is expected: it is not reported as an interruption
+    assert not [w for w in caught if "interrupted" in str(w.message)]
+    return dim, clock
+
+
+def test_max_time_stops_before_an_epoch_that_would_overrun(monkeypatch):
+    # after epoch 1: 3 s spent + 3 s predicted = 6 <= 7.5, go on; after epoch 2: 6 + 3 > 7.5
+    dim, clock = fit_on_the_batch_clock(monkeypatch, max_time=7.5)
+    assert clock.train_batches == 6 and clock.now == 6.0
+    assert dim.n_iter_ == 2 and len(dim.history_) == 2 and len(dim.loss_curve_) == 2
+    assert dim.history_[-1]["stopped_by_time"] is True
+    assert "stopped_by_time" not in dim.history_[0]
+    for entry in dim.history_:  # whole epochs (skorch counts their batches itself)
+        assert entry["train_batch_count"] == 3 and len(entry["batches"]) == 3
+        assert "epoch_fraction" not in entry
+    assert np.all(np.isfinite(dim.loss_curve_))
+
+
+def test_max_time_cuts_an_epoch_longer_than_the_budget_at_a_batch_end(monkeypatch):
+    # batch 1 ends at 1 s < 1.5; batch 2 ends at 2 s >= 1.5: stop there, batch 3 never runs
+    dim, clock = fit_on_the_batch_clock(monkeypatch, max_time=1.5)
+    assert clock.train_batches == 2 and clock.now == 2.0
+    assert dim.n_iter_ == 1 and len(dim.history_) == 1
+    last = dim.history_[-1]
+    assert last["stopped_by_time"] is True
+    assert last["train_batch_count"] == 2 and len(last["batches"]) == 2
+    assert last["epoch_fraction"] == pytest.approx(2 / 3, abs=1e-12)
+    assert len(dim.loss_curve_) == 1 and np.isfinite(dim.loss_curve_[0])
+    batch_losses = [batch["train_loss"] for batch in last["batches"]]
+    # the cut epoch's loss is the mean of the batches that ran (both of 10 samples)
+    assert dim.loss_curve_[0] == pytest.approx(np.mean(batch_losses), rel=1e-6)
+    assert np.all(np.isfinite(dim.transform(small_images(n=4))))
 
 
 def test_feature_names_and_pandas_output(fitted_digits):
@@ -279,7 +340,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the input was rejected")
 
-    monkeypatch.setattr(estimator_module, "build_net", refuse)
+    monkeypatch.setattr(estimator_module, "train_networks", refuse)
 
 
 @pytest.mark.parametrize(

@@ -217,6 +217,7 @@ def peak_numpy_bytes(call) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("early_stopping", [False, True])
 def test_memory_mapped_data_is_never_copied_whole(memmapped, early_stopping):
     X = memmapped
