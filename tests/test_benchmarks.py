@@ -231,3 +231,20 @@ def test_probe_rows_are_a_seeded_subset():
     assert len(set(rows)) == 30 and rows.max() < 100
     np.testing.assert_array_equal(rows, quality.probe_rows(100, 30, seed=0))
     np.testing.assert_array_equal(quality.probe_rows(10, None, seed=0), np.arange(10))
+
+
+@pytest.mark.slow
+def test_model_files_benchmark_measures_each_format(tmp_path):
+    from benchmarks import model_files
+
+    assert model_files.main(["--n", "8", "--out", str(tmp_path)]) == 0
+    rows = {
+        row["what"]: row for row in json.loads((tmp_path / "model_files.json").read_text())["rows"]
+    }
+    encoder = rows["encoder weights (what transform needs)"]["mb"]
+    compact = rows["dimlearn.save"]
+    full = rows["dimlearn.save(include_training_state=True)"]
+    assert encoder < compact["mb"] <= 25  # the target for a default 32x32x3 model
+    assert compact["mb"] < full["mb"] <= rows["joblib.dump"]["mb"] * 1.05
+    assert all(row["same_codes"] for row in rows.values() if "same_codes" in row)
+    assert "| dimlearn.save |" in (tmp_path / "model_files.md").read_text()
