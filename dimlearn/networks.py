@@ -19,7 +19,7 @@ from .objectives import (
 )
 
 MIN_IMAGE_SIDE = 8
-"""Three stride-2 convolutions need at least 8 pixels per side to leave one position."""
+"""The smallest image side the conv encoder accepts."""
 
 
 INITIAL_LOGVAR = -4.0
@@ -35,9 +35,56 @@ def code_head(in_features: int, latent_dim: int) -> nn.Linear:
     return head
 
 
-def _conv_out(side: int) -> int:
-    """Output side of a 4x4 convolution with stride 2 and padding 1."""
-    return (side + 2 - 4) // 2 + 1
+LOCAL_MAP_MIN_SIDE = 4
+"""The two convolutions before the local map halve a side only while it stays at least this
+long, so small images keep a local map with positions to contrast."""
+
+
+def conv_plan(height: int, width_px: int) -> list[dict]:
+    """Kernel, stride and padding of the encoder's three convolutions, and the side they leave.
+
+    The rule, per axis: each of the first two convolutions (which end at the local map)
+    halves the side (4x4 kernel, stride 2) if the result is at least
+    :data:`LOCAL_MAP_MIN_SIDE`, else keeps it (3x3 kernel, stride 1); the third halves it if
+    the result is at least 2. Images of 16 pixels a side and more get the DIM paper's three
+    stride-2 layers unchanged; smaller ones keep a 4x4 local map.
+
+    ============  =========  ==========
+    image         local map  last conv
+    ============  =========  ==========
+    8x8           4x4        2x2
+    28x28         7x7        3x3
+    32x32         8x8        4x4
+    64x64         16x16      8x8
+    96x96         24x24      12x12
+    ============  =========  ==========
+
+    Examples
+    --------
+    >>> [layer["side"] for layer in conv_plan(8, 8)]
+    [(4, 4), (4, 4), (2, 2)]
+    >>> [layer["side"] for layer in conv_plan(32, 32)]
+    [(16, 16), (8, 8), (4, 4)]
+    """
+    plan, sides = [], (height, width_px)
+    for least in (LOCAL_MAP_MIN_SIDE, LOCAL_MAP_MIN_SIDE, 2):
+        halve = [side // 2 >= least for side in sides]
+        plan.append(
+            {
+                "kernel": tuple(4 if h else 3 for h in halve),
+                "stride": tuple(2 if h else 1 for h in halve),
+                "padding": 1,
+                "side": tuple(
+                    side // 2 if h else side for side, h in zip(sides, halve, strict=True)
+                ),
+            }
+        )
+        sides = plan[-1]["side"]
+    return plan
+
+
+def _conv(n_in: int, n_out: int, layer: dict) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, layer["kernel"], layer["stride"], layer["padding"])
 
 
 class _Encoder(nn.Module):
@@ -64,7 +111,9 @@ class ConvEncoder(_Encoder):
 
     conv 4x4/2 (w) -> conv 4x4/2 (2w) + BN = local map -> conv 4x4/2 (4w) + BN -> fc (16w) + BN
     -> (mu, logvar). At ``width=64`` on 32x32 images this is the reference network:
-    conv 64-128-256, fc 1024, local MI on the 8x8x128 map.
+    conv 64-128-256, fc 1024, local MI on the 8x8x128 map. On images under 16 pixels a side,
+    convolutions that would shrink the local map below 4x4 keep the side instead (3x3, stride
+    1): see :func:`conv_plan`.
 
     Examples
     --------
@@ -76,29 +125,28 @@ class ConvEncoder(_Encoder):
 
     def __init__(self, in_channels: int, height: int, width_px: int, latent_dim: int, width: int):
         super().__init__()
-        sides = [(height, width_px)]
-        for _ in range(3):
-            sides.append((_conv_out(sides[-1][0]), _conv_out(sides[-1][1])))
-        self.local_shape = (2 * width, *sides[2])
+        first, second, third = conv_plan(height, width_px)
+        self.local_shape = (2 * width, *second["side"])
+        last_positions = third["side"][0] * third["side"][1]
         self.to_local = nn.Sequential(
-            nn.Conv2d(in_channels, width, 4, 2, 1),
+            _conv(in_channels, width, first),
             nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            _conv(width, 2 * width, second),
             nn.BatchNorm2d(2 * width),
             nn.ReLU(),
         )
         self.to_fc = nn.Sequential(
-            nn.Conv2d(2 * width, 4 * width, 4, 2, 1),
+            _conv(2 * width, 4 * width, third),
             nn.BatchNorm2d(4 * width),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(4 * width * sides[3][0] * sides[3][1], 16 * width),
+            nn.Linear(4 * width * last_positions, 16 * width),
             nn.BatchNorm1d(16 * width),
             nn.ReLU(),
         )
         self.to_code = code_head(16 * width, latent_dim)
         self.n_conv_layers = 4
-        conv_dims = 4 * width * sides[3][0] * sides[3][1]
+        conv_dims = 4 * width * last_positions
         self.feature_dims = {"conv": conv_dims, "fc": 16 * width, "code": latent_dim}
 
     def forward(self, x: torch.Tensor):

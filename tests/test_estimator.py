@@ -450,7 +450,7 @@ def test_objective_variants_fit_and_transform(digit_images, variant):
 
 
 def test_feature_levels_of_the_paper(fitted_digits):
-    dim, X, _ = fitted_digits  # width 8, 8x8 images: conv 4x4/2 three times leaves 1x1
+    dim, X, _ = fitted_digits  # width 8, 8x8 images: the last conv layer is 2x2
     codes = dim.transform(X[:7])
     widths = {}
     try:
@@ -461,7 +461,7 @@ def test_feature_levels_of_the_paper(fitted_digits):
             widths[level] = out.shape[1]
     finally:
         dim.set_params(feature_level="code")
-    assert widths == {"code": 16, "fc": 16 * 8, "conv": 4 * 8 * 1 * 1}
+    assert widths == {"code": 16, "fc": 16 * 8, "conv": 4 * 8 * 2 * 2}
     np.testing.assert_array_equal(dim.transform(X[:7]), codes)
 
 

@@ -4,13 +4,31 @@ import torch
 from dimlearn.networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
 
 
-@pytest.mark.parametrize(("side", "local_side"), [(32, 8), (28, 7), (8, 2)])
-def test_conv_encoder_local_map_is_a_quarter_of_the_image(side, local_side):
+@pytest.mark.parametrize(
+    ("side", "local_side", "last_side"),
+    [(96, 24, 12), (64, 16, 8), (32, 8, 4), (28, 7, 3), (16, 4, 2), (12, 6, 3), (8, 4, 2)],
+)
+def test_conv_encoder_adapts_its_strides_to_the_image_size(side, local_side, last_side):
+    # a quarter of the side (the DIM paper's two stride-2 layers) while that leaves 4x4 or
+    # more; small images keep a 4x4 local map
     enc = ConvEncoder(in_channels=3, height=side, width_px=side, latent_dim=5, width=4)
     local_map, mu, logvar = enc(torch.zeros(2, 3, side, side))
     assert local_map.shape == (2, 8, local_side, local_side)
     assert enc.local_shape == (8, local_side, local_side)
     assert mu.shape == logvar.shape == (2, 5)
+    assert enc.feature_dims["conv"] == 16 * last_side * last_side
+
+
+def test_non_square_images_adapt_per_axis():
+    enc = ConvEncoder(in_channels=1, height=8, width_px=32, latent_dim=5, width=4)
+    local_map, _, _ = enc(torch.zeros(2, 1, 8, 32))
+    assert local_map.shape == (2, 8, 4, 8)
+
+
+def test_images_of_16_and_more_keep_the_reference_layers():
+    enc = ConvEncoder(in_channels=3, height=32, width_px=32, latent_dim=5, width=4)
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.padding) for c in convs] == [((4, 4), (2, 2), (1, 1))] * 3
 
 
 def test_reference_width_is_the_dim_paper_network():

@@ -273,7 +273,7 @@ def trained_and_global_only(digit_images):
 def test_score_is_a_bounded_mi_estimate_that_training_raises(trained_and_global_only):
     trained, global_only, held_out = trained_and_global_only
     score = trained.score(held_out)
-    assert 1.5 < score < math.log(SCORE_BATCH)  # 1.99 when written
+    assert 0.7 < score < math.log(SCORE_BATCH)  # 0.99 with the 4x4 local map of 8x8 images
     # beta=0 never trains the local critic: near chance, as documented
     assert abs(global_only.score(held_out)) < 0.5
 
