@@ -3,6 +3,7 @@
 __version__ = "0.2.0"
 
 from .estimator import DeepInfomaxTransformer  # noqa: E402
+from .images import load_images  # noqa: E402
 from .persistence import ModelFileError, load, save  # noqa: E402
 from .training import NonFiniteLossError  # noqa: E402
 
@@ -12,5 +13,6 @@ __all__ = [
     "NonFiniteLossError",
     "__version__",
     "load",
+    "load_images",
     "save",
 ]
