@@ -1,0 +1,6 @@
+"""``python -m dimlearn``: the same as the ``dimlearn`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
