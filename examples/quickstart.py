@@ -48,6 +48,11 @@ def main(quick: bool) -> None:
         f"{linear_probe(pca, flat_train, y_train, flat_test, y_test):.3f}"
     )
 
+    print(
+        "  (on 8x8 digits, PCA of the pixels is hard to beat; on CIFAR-10 photos the DIM codes\n"
+        "   beat PCA-64 by 19 points: see the README's results)"
+    )
+
     index = NearestNeighbors(n_neighbors=9, metric="cosine").fit(dim.transform(X_train))
     _, neighbours = index.kneighbors(dim.transform(X_test[:5]))
     print("image search: each test digit and the labels of its 9 nearest training digits")

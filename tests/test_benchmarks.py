@@ -248,3 +248,22 @@ def test_model_files_benchmark_measures_each_format(tmp_path):
     assert compact["mb"] < full["mb"] <= rows["joblib.dump"]["mb"] * 1.05
     assert all(row["same_codes"] for row in rows.values() if "same_codes" in row)
     assert "| dimlearn.save |" in (tmp_path / "model_files.md").read_text()
+
+
+@pytest.mark.slow
+def test_small_images_benchmark_compares_with_pca_and_the_untrained_encoder(tmp_path, monkeypatch):
+    from benchmarks import small_images
+
+    tiny = {"max_epochs": 1, "width": 4}
+    settings = [("defaults (20 epochs)", tiny), ("lr=3e-4", {**tiny, "lr": 3e-4})]
+    monkeypatch.setattr(small_images, "SETTINGS", settings)
+    assert small_images.main(["--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "small_images.json").read_text())["rows"]
+    assert [r["features"] for r in rows] == [
+        "PCA-64",
+        "untrained encoder: code",
+        "DIM code, defaults (20 epochs)",
+        "DIM code, lr=3e-4",
+    ]
+    assert rows[0]["linear"] > 0.9  # PCA on digits
+    assert all(0.1 < r["linear"] <= 1 and 0.1 < r["p10"] <= 1 for r in rows)
