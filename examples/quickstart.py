@@ -1,7 +1,7 @@
 """The main job on data that ships with scikit-learn: fit Deep InfoMax on the 8x8 digits,
 compare a linear probe on its codes with PCA of the same size, and run an image search.
 
-    python examples/quickstart.py            # about 15 s on 2 CPU cores
+    python examples/quickstart.py            # about 30 s on 2 CPU cores
     python examples/quickstart.py --quick    # a smoke run
 """
 
