@@ -60,7 +60,7 @@ def bare_torch_fit(X, *, width, epochs, batch_size, lr, seed) -> float:
         order = torch.randperm(len(X))
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             batch = data[order[lo:hi]]
-            loss = loss_fn(module.terms(batch, loss_fn.active_terms))
+            loss = loss_fn(module(batch, loss_fn.active_terms))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -179,12 +179,15 @@ def channel_stats(X: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray
 
 
 class ArrayBatches(torch.utils.data.Dataset):
-    """Serves standardised float32 batches of an array, channels-first for images.
+    """Serves batches of an array: raw on the host, standardised where the model runs.
 
-    ``take(indices)`` converts only the requested rows: ``(x - mean) / std`` per channel (or
-    per feature), with the statistics of the data the model was fitted on. ``rows``
-    restricts the dataset to those rows of X (a sorted index array) without copying X, so a
-    memory-mapped array is only ever read a batch at a time.
+    ``raw(rows)`` reads only the requested rows, in their stored dtype (uint8 stays uint8:
+    a quarter of the bytes of float32 to copy to an accelerator; float64 becomes float32).
+    ``prepare(batch)`` standardises a raw batch on whatever device it is on, ``(x - mean) /
+    std`` per channel (or per feature) with the statistics of the data the model was fitted
+    on, channels-first for images. ``take(rows)`` is both, on the CPU. ``rows`` restricts the
+    dataset to those rows of X (a sorted index array) without copying X, so a memory-mapped
+    array is only ever read a batch at a time.
     """
 
     def __init__(
@@ -203,19 +206,37 @@ class ArrayBatches(torch.utils.data.Dataset):
         if layout.kind == "image" and not layout.channels_last:
             self.mean = self.mean[:, None, None]
             self.inv_std = self.inv_std[:, None, None]
+        self._stats_on = {torch.device("cpu"): (self.mean, self.inv_std)}
 
     def __len__(self) -> int:
         return self.X.shape[0] if self.rows is None else len(self.rows)
 
-    def take(self, rows) -> torch.Tensor:
-        """Standardised float32 tensor of the given rows (an index array or a slice)."""
+    def raw(self, rows) -> torch.Tensor:
+        """The given rows (an index array or a slice) as a host tensor in the stored dtype
+        (uint8 or float32; other dtypes become float32)."""
         rows_array = self.X[rows] if self.rows is None else self.X[self.rows[rows]]
-        if rows_array.dtype != np.float32 or not rows_array.flags.writeable:
+        if rows_array.dtype not in (np.uint8, np.float32):
             rows_array = rows_array.astype(np.float32)
-        batch = (torch.from_numpy(rows_array) - self.mean) * self.inv_std
+        elif not rows_array.flags.writeable:  # a slice of a read-only memory map
+            rows_array = np.array(rows_array)
+        return torch.from_numpy(rows_array)
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """Standardised float32 model input from a raw batch, computed on its device."""
+        if batch.device not in self._stats_on:
+            self._stats_on[batch.device] = (
+                self.mean.to(batch.device),
+                self.inv_std.to(batch.device),
+            )
+        mean, inv_std = self._stats_on[batch.device]
+        batch = (batch.to(torch.float32) - mean) * inv_std
         if self.layout.kind == "image" and self.layout.channels_last:
             batch = batch.permute(0, 3, 1, 2).contiguous()
         return batch
+
+    def take(self, rows) -> torch.Tensor:
+        """Standardised float32 tensor of the given rows, on the CPU."""
+        return self.prepare(self.raw(rows))
 
     def __getitem__(self, index):
         return self.take(slice(index, index + 1))[0]
@@ -235,15 +256,16 @@ def random_crop_flip(images: torch.Tensor) -> torch.Tensor:
     torch.Size([5, 3, 32, 32])
     """
     n, _, h, w = images.shape
+    device = images.device
     pad_h, pad_w = max(1, h // 8), max(1, w // 8)
     padded = torch.nn.functional.pad(images, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    top = torch.randint(0, 2 * pad_h + 1, (n, 1, 1))
-    left = torch.randint(0, 2 * pad_w + 1, (n, 1, 1))
-    rows = top + torch.arange(h)[None, :, None]
-    cols = left + torch.arange(w)[None, None, :]
-    flip = torch.rand(n) < 0.5
+    top = torch.randint(0, 2 * pad_h + 1, (n, 1, 1), device=device)
+    left = torch.randint(0, 2 * pad_w + 1, (n, 1, 1), device=device)
+    rows = top + torch.arange(h, device=device)[None, :, None]
+    cols = left + torch.arange(w, device=device)[None, None, :]
+    flip = torch.rand(n, device=device) < 0.5
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-    cropped = padded[torch.arange(n)[:, None, None], :, rows, cols]  # (B, H, W, C)
+    cropped = padded[torch.arange(n, device=device)[:, None, None], :, rows, cols]  # (B,H,W,C)
     return cropped.permute(0, 3, 1, 2).contiguous()
 
 
@@ -269,17 +291,20 @@ def split_batches(n: int, batch_size: int) -> list[int]:
 
 
 class ShuffledBatches:
-    """Iterable over one epoch: shuffled, nearly equal batches of ``(X_batch, None)``.
+    """Iterable over one epoch: shuffled, nearly equal raw batches of ``(X_batch, None)``.
 
     Used as skorch's ``iterator_train``. It draws the shuffle from torch's global RNG, which
-    the estimator seeds, and it converts each batch in one vectorised step, which is faster
-    than a ``DataLoader`` that fetches and collates sample by sample.
+    the estimator seeds, and reads each batch in one vectorised step, which is faster than a
+    ``DataLoader`` that fetches and collates sample by sample. Batches are raw
+    (:meth:`ArrayBatches.raw`); the net standardises (and augments) them on its device.
+    With ``pin_memory`` (training on CUDA) each batch is put in page-locked memory, so that
+    its copy to the device can run asynchronously.
     """
 
-    def __init__(self, dataset: ArrayBatches, batch_size: int, augment: bool = False):
+    def __init__(self, dataset: ArrayBatches, batch_size: int, pin_memory: bool = False):
         self.dataset = dataset
         self.sizes = split_batches(len(dataset), batch_size)
-        self.augment = augment
+        self.pin_memory = pin_memory
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -289,12 +314,13 @@ class ShuffledBatches:
         bounds = np.cumsum([0, *self.sizes])
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             # sorted rows read memory in order; the batch's content is what was drawn
-            batch = self.dataset.take(np.sort(order[start:stop]))
-            yield (random_crop_flip(batch) if self.augment else batch), None
+            batch = self.dataset.raw(np.sort(order[start:stop]))
+            yield (batch.pin_memory() if self.pin_memory else batch), None
 
 
 class OrderedBatches:
-    """Iterable over a dataset in order, in nearly equal batches: skorch's ``iterator_valid``."""
+    """Iterable over a dataset in order, in nearly equal raw batches: skorch's
+    ``iterator_valid``."""
 
     def __init__(self, dataset: ArrayBatches, batch_size: int):
         self.dataset = dataset
@@ -306,4 +332,4 @@ class OrderedBatches:
     def __iter__(self):
         bounds = np.cumsum([0, *self.sizes])
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            yield self.dataset.take(slice(int(start), int(stop))), None
+            yield self.dataset.raw(slice(int(start), int(stop))), None

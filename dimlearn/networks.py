@@ -394,7 +394,7 @@ def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None):
 
 
 class DeepInfomaxModule(nn.Module):
-    """Encoder plus both critics; ``forward`` returns the code mean, ``terms`` the loss terms.
+    """Encoder plus critics; ``forward`` (= ``terms``) returns the loss terms of a batch.
 
     Parameters
     ----------
@@ -438,8 +438,11 @@ class DeepInfomaxModule(nn.Module):
         self.mi_estimator = mi_estimator
         self.prior = prior
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)[1]
+    def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The training step's loss terms: :meth:`terms`. Training calls the module itself,
+        so that ``torch.compile`` and data-parallel wrappers, which wrap ``forward``, wrap
+        the whole step; the code means come from ``encoder.features``."""
+        return self.terms(x, names)
 
     def terms(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The requested loss terms (``"global"``, ``"local"``, ``"local_local"``,

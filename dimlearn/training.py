@@ -23,7 +23,14 @@ from .callbacks import (
     deferred_sigint,
     finish_history,
 )
-from .inputs import ArrayBatches, Layout, OrderedBatches, ShuffledBatches, split_batches
+from .inputs import (
+    ArrayBatches,
+    Layout,
+    OrderedBatches,
+    ShuffledBatches,
+    random_crop_flip,
+    split_batches,
+)
 from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
 from .state import (
     drop_unused_parts,
@@ -82,12 +89,19 @@ class DeepInfomaxNet(NeuralNet):
     """
 
     epochs_before = 0
+    prepare = None  # ArrayBatches.prepare of the training data: standardises on the device
+    augment = False
+
+    def model_input(self, raw: torch.Tensor, training: bool) -> torch.Tensor:
+        """A raw batch (stored dtype, on the host) as model input on the net's device:
+        copied as it is stored, then standardised (and augmented) there."""
+        x = self.prepare(raw.to(self.device, non_blocking=True))
+        return random_crop_flip(x) if training and self.augment else x
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        Xi, _ = batch
-        Xi = Xi.to(self.device, non_blocking=True)
-        terms = self.module_.terms(Xi, self.criterion_.active_terms)
+        Xi = self.model_input(batch[0], training=True)
+        terms = self.module_(Xi, self.criterion_.active_terms)
         loss = self.criterion_(terms)
         values = {name: value.item() for name, value in terms.items()}
         self._check_finite(loss, values, "training")
@@ -99,9 +113,9 @@ class DeepInfomaxNet(NeuralNet):
     def validation_step(self, batch, **fit_params):
         """The same weighted objective on a held-out batch, without gradients (eval mode)."""
         self._set_training(False)
-        Xi, _ = batch
         with torch.no_grad():
-            terms = self.module_.terms(Xi.to(self.device), self.criterion_.active_terms)
+            Xi = self.model_input(batch[0], training=False)
+            terms = self.module_(Xi, self.criterion_.active_terms)
             loss = self.criterion_(terms)
         self._check_finite(loss, {n: v.item() for n, v in terms.items()}, "held-out")
         return {"loss": loss, "y_pred": None}
@@ -200,7 +214,7 @@ def build_net(module, params: Mapping, *, max_epochs: int, device, valid_dataset
         max_epochs=max_epochs,
         batch_size=params["batch_size"],
         iterator_train=ShuffledBatches,
-        iterator_train__augment=params["augment"],
+        iterator_train__pin_memory=torch.device(device).type == "cuda",
         iterator_valid=OrderedBatches,
         train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
         callbacks=callbacks,
@@ -208,6 +222,7 @@ def build_net(module, params: Mapping, *, max_epochs: int, device, valid_dataset
         verbose=int(params["verbose"]),
     )
     net.stop_request = stop_request
+    net.augment = bool(params["augment"])
     return net
 
 
@@ -349,6 +364,7 @@ def train_networks(
             device=device,
             valid_dataset=valid_dataset,
         )
+        net.prepare = dataset.prepare
         net.initialize()
         if fitted is not None:
             restore_training_state(net, fitted, used)

@@ -107,3 +107,22 @@ def test_random_crop_flip_shifts_and_mirrors_within_the_padding():
     decreasing = (centre[:, 1:] < centre[:, :-1]).float().mean(dim=1)
     flipped = (decreasing > 0.5).float().mean()
     assert 0.3 < flipped < 0.7
+
+
+def test_batches_travel_in_their_stored_dtype_and_are_standardised_where_they_land():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    mean, std = channel_stats(X, layout)
+    data = ArrayBatches(X, layout, mean, std)
+    raw = data.raw(np.array([1, 4, 5]))
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 8, 8, 3)  # a quarter of float32
+    # the device-side path gives, bit for bit, the host-side float32 formula
+    expected = (X[[1, 4, 5]].astype(np.float32) - mean.astype(np.float32)) * (1.0 / std).astype(
+        np.float32
+    )
+    np.testing.assert_array_equal(data.prepare(raw).numpy(), expected.transpose(0, 3, 1, 2))
+    assert data.prepare(raw).dtype == torch.float32
+    floats = ArrayBatches(X.astype(np.float64), layout, mean, std)
+    assert floats.raw(slice(0, 2)).dtype == torch.float32  # float64 halves on the host
+    np.testing.assert_array_equal(floats.take(slice(0, 5)).numpy(), data.take(slice(0, 5)).numpy())

@@ -52,3 +52,42 @@ def test_channel_stats_pairs_with_batches(digits):
     layout = resolve_layout((64,), (8, 8), "auto")
     data = ArrayBatches(X, layout, *channel_stats(X, layout))
     assert data.take(np.array([0, 1])).shape == (2, 1, 8, 8)
+
+
+def test_the_training_step_goes_through_forward_with_raw_uint8_batches(monkeypatch):
+    # torch.compile and data-parallel wrappers wrap forward: the step must call the module
+    from dimlearn import DeepInfomaxTransformer
+    from dimlearn.networks import DeepInfomaxModule
+    from dimlearn.training import DeepInfomaxNet
+
+    calls, raw_dtypes = [], []
+    original_forward = DeepInfomaxModule.forward
+    original_input = DeepInfomaxNet.model_input
+
+    def forward(self, x, names):
+        calls.append(tuple(names))
+        return original_forward(self, x, names)
+
+    def model_input(self, raw, training):
+        raw_dtypes.append(raw.dtype)
+        return original_input(self, raw, training)
+
+    monkeypatch.setattr(DeepInfomaxModule, "forward", forward)
+    monkeypatch.setattr(DeepInfomaxNet, "model_input", model_input)
+    X = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    DeepInfomaxTransformer(max_epochs=1, width=4, latent_dim=4, batch_size=20).fit(X)
+    assert calls == [("local", "prior")] * 2
+    assert raw_dtypes == [torch.uint8] * 2
+
+
+def test_forward_returns_the_loss_terms():
+    from dimlearn.networks import ConvEncoder, DeepInfomaxModule
+
+    module = DeepInfomaxModule(ConvEncoder(1, 8, 8, 4, 4), latent_dim=4, critic_hidden=8).eval()
+    x = torch.randn(6, 1, 8, 8)
+    torch.manual_seed(0)
+    by_call = module(x, ("global", "local", "prior"))
+    torch.manual_seed(0)
+    by_terms = module.terms(x, ("global", "local", "prior"))
+    assert by_call.keys() == by_terms.keys()
+    assert all(torch.equal(by_call[k], by_terms[k]) for k in by_call)
