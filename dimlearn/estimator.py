@@ -23,6 +23,7 @@ from .inputs import ArrayBatches, channel_stats, resolve_layout
 from .training import FittedState, train_networks
 
 _TRANSFORM_BATCH = 512
+_TRANSFORM_BATCH_ACCELERATOR = 4096
 _FITTED_ATTRIBUTES = (
     "module_",
     "history_",
@@ -36,6 +37,7 @@ _FITTED_ATTRIBUTES = (
     "random_state_",
     "_optimizer_state",
     "_layout",
+    "_device_copy",
 )
 SCORE_BATCH = 128
 """Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
@@ -177,6 +179,21 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
         anywhere; ``transform`` falls back to the CPU with a warning if the device is gone.
+        ``transform`` and ``score`` keep a copy of the networks on an accelerator between
+        calls (never pickled) and use batches of 4096 there (512 on the CPU).
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Arithmetic of the training step: mixed precision autocasts the networks' forward
+        pass (float16 with a gradient scaler); the MI estimators and the prior are computed
+        in float32 either way. bfloat16 also runs on CPUs; float16 needs CUDA.
+    data_on_device : {"auto", True, False}, default="auto"
+        Copy the whole training set (in its stored dtype: CIFAR-10's 50k images are 150 MB
+        as uint8) to the device once and draw every batch there. ``"auto"``: on CUDA when it
+        takes at most half of the free device memory; never on the CPU (where it would be a
+        second copy of X). Otherwise batches are read from X and copied one by one, from
+        page-locked memory on CUDA.
+    compile : bool, default=False
+        ``torch.compile`` the networks (skorch's ``compile``): slower to start, faster per
+        step on a GPU. The fitted ``module_`` is the plain module either way.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, negatives and code sampling. With an int,
         fitting on the CPU is bit-for-bit reproducible (for a fixed torch thread count).
@@ -279,6 +296,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "tol": [Interval(Real, 0, None, closed="left")],
         "warm_start": ["boolean"],
         "device": [str, torch.device],
+        "precision": [StrOptions({"float32", "bfloat16", "float16"})],
+        "data_on_device": [StrOptions({"auto"}), "boolean"],
+        "compile": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -310,6 +330,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         tol: float = 1e-4,
         warm_start: bool = False,
         device: str = "auto",
+        precision: str = "float32",
+        data_on_device="auto",
+        compile: bool = False,
         random_state=None,
         verbose: int = 0,
     ):
@@ -338,6 +361,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.tol = tol
         self.warm_start = warm_start
         self.device = device
+        self.precision = precision
+        self.data_on_device = data_on_device
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
 
@@ -429,6 +455,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "Set alpha > 0 (global MI) or beta > 0 (local MI)."
             )
         device = resolve_device(self.device, strict=True)
+        if self.precision == "float16" and device.type != "cuda":
+            raise ValueError(
+                f"precision='float16' needs a CUDA device; training runs on {device}. Use "
+                "precision='bfloat16' (CPUs and recent GPUs) or 'float32'."
+            )
         X = self._validate_input(X, reset=not continued)
         if continued:
             layout = self._layout
@@ -541,8 +572,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         X = self._validate_input(X, reset=False)
         dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
         device = resolve_device(self.device, strict=False)
-        module = on_device(self.module_, device)
-        return encode(module, dataset, _TRANSFORM_BATCH, device, self.feature_level)
+        batch = _TRANSFORM_BATCH if device.type == "cpu" else _TRANSFORM_BATCH_ACCELERATOR
+        return encode(self._module_on(device), dataset, batch, device, self.feature_level)
 
     def score(self, X, y=None) -> float:
         """Held-out local mutual information between images and their codes, in nats.
@@ -583,7 +614,23 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
         device = resolve_device(self.device, strict=False)
-        return local_mi_score(on_device(self.module_, device), dataset, SCORE_BATCH, device)
+        return local_mi_score(self._module_on(device), dataset, SCORE_BATCH, device)
+
+    def _module_on(self, device):
+        """The fitted networks on ``device``: ``module_`` itself on the CPU, elsewhere a copy
+        kept between calls (until ``module_`` changes; never pickled)."""
+        cached = self.__dict__.get("_device_copy")
+        if cached is not None and cached[0] == device and cached[1] is self.module_:
+            return cached[2]
+        module = on_device(self.module_, device)
+        if module is not self.module_:
+            self._device_copy = (device, self.module_, module)
+        return module
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_device_copy", None)
+        return state
 
     @property
     def _n_features_out(self) -> int:

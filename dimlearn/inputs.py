@@ -298,13 +298,22 @@ class ShuffledBatches:
     ``DataLoader`` that fetches and collates sample by sample. Batches are raw
     (:meth:`ArrayBatches.raw`); the net standardises (and augments) them on its device.
     With ``pin_memory`` (training on CUDA) each batch is put in page-locked memory, so that
-    its copy to the device can run asynchronously.
+    its copy to the device can run asynchronously. With ``resident_on`` the whole dataset
+    is copied to that device once and batches are gathered there.
     """
 
-    def __init__(self, dataset: ArrayBatches, batch_size: int, pin_memory: bool = False):
+    def __init__(
+        self,
+        dataset: ArrayBatches,
+        batch_size: int,
+        pin_memory: bool = False,
+        resident_on: torch.device | None = None,
+    ):
         self.dataset = dataset
         self.sizes = split_batches(len(dataset), batch_size)
         self.pin_memory = pin_memory
+        # data_on_device: the whole set, in its stored dtype, copied to the device once
+        self.resident = None if resident_on is None else dataset.raw(slice(None)).to(resident_on)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -314,7 +323,11 @@ class ShuffledBatches:
         bounds = np.cumsum([0, *self.sizes])
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             # sorted rows read memory in order; the batch's content is what was drawn
-            batch = self.dataset.raw(np.sort(order[start:stop]))
+            rows = np.sort(order[start:stop])
+            if self.resident is not None:
+                yield self.resident[torch.from_numpy(rows).to(self.resident.device)], None
+                continue
+            batch = self.dataset.raw(rows)
             yield (batch.pin_memory() if self.pin_memory else batch), None
 
 

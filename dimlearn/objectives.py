@@ -113,6 +113,8 @@ def local_mi_loss(
 
 
 def _mi_loss(pos_scores, neg_scores, estimator):
+    # float32 whatever the autocast precision: log-sum-exp and softplus need the range
+    pos_scores, neg_scores = pos_scores.float(), neg_scores.float()
     if neg_scores.dim() == pos_scores.dim():
         neg_scores = neg_scores.unsqueeze(1)
     return MI_ESTIMATORS[estimator](pos_scores, neg_scores)
@@ -136,6 +138,7 @@ def prior_kl(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> 
     >>> prior_kl(torch.zeros(3, 5), torch.zeros(3, 5)).item()  # a standard normal code
     0.0
     """
+    mu, logvar = mu.float(), logvar.float()  # exp() of a half-precision logvar overflows
     kl_per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
     per_sample = kl_per_dim.sum(dim=1) if reduction == "sum" else kl_per_dim.mean(dim=1)
     return per_sample.mean()

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import LRScheduler, PassthroughScoring, ProgressBar
@@ -98,22 +99,42 @@ class DeepInfomaxNet(NeuralNet):
         x = self.prepare(raw.to(self.device, non_blocking=True))
         return random_crop_flip(x) if training and self.augment else x
 
+    precision = "float32"
+    scaler = None  # a GradScaler when training in float16
+
+    def autocast(self):
+        """Mixed precision for the forward pass and the loss, or nothing for float32."""
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.precision)
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
         Xi = self.model_input(batch[0], training=True)
-        terms = self.module_(Xi, self.criterion_.active_terms)
-        loss = self.criterion_(terms)
+        with self.autocast():
+            terms = self.module_(Xi, self.criterion_.active_terms)
+            loss = self.criterion_(terms)
         values = {name: value.item() for name, value in terms.items()}
         self._check_finite(loss, values, "training")
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         for name, value in values.items():
             self.history.record_batch(f"train_{name}", value)
         return {"loss": loss, "y_pred": None}
 
+    def train_step(self, batch, **fit_params):
+        """skorch's step, or, in float16, the same with the gradient scaler's step."""
+        if self.scaler is None:
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        self.scaler.step(self.optimizer_)
+        self.scaler.update()
+        return step
+
     def validation_step(self, batch, **fit_params):
         """The same weighted objective on a held-out batch, without gradients (eval mode)."""
         self._set_training(False)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             Xi = self.model_input(batch[0], training=False)
             terms = self.module_(Xi, self.criterion_.active_terms)
             loss = self.criterion_(terms)
@@ -171,7 +192,9 @@ def build_module(params: Mapping, layout: Layout) -> DeepInfomaxModule:
     )
 
 
-def build_net(module, params: Mapping, *, max_epochs: int, device, valid_dataset=None):
+def build_net(
+    module, params: Mapping, *, max_epochs: int, device, valid_dataset=None, resident_on=None
+):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``.
 
     ``params`` is the estimator's ``get_params()``: the loss weights, ``max_time``,
@@ -215,6 +238,8 @@ def build_net(module, params: Mapping, *, max_epochs: int, device, valid_dataset
         batch_size=params["batch_size"],
         iterator_train=ShuffledBatches,
         iterator_train__pin_memory=torch.device(device).type == "cuda",
+        iterator_train__resident_on=resident_on,
+        compile=bool(params["compile"]),
         iterator_valid=OrderedBatches,
         train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
         callbacks=callbacks,
@@ -223,6 +248,9 @@ def build_net(module, params: Mapping, *, max_epochs: int, device, valid_dataset
     )
     net.stop_request = stop_request
     net.augment = bool(params["augment"])
+    net.precision = params["precision"]
+    if net.precision == "float16":
+        net.scaler = torch.amp.GradScaler(torch.device(device).type)
     return net
 
 
@@ -235,7 +263,7 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, used: set[s
     weights; if a term in ``used`` needs one of them, or Adam's moments are missing, a
     warning says so.
     """
-    fresh = net.module_.state_dict()
+    fresh = plain_module(net).state_dict()
     mismatched = sorted(
         key
         for key in fitted.module_state
@@ -249,9 +277,9 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, used: set[s
             f"{', ...' if len(mismatched) > 4 else ''}). Restore those parameters, or set "
             "warm_start=False to train afresh."
         )
-    net.module_.load_state_dict(fitted.module_state, strict=False)
+    plain_module(net).load_state_dict(fitted.module_state, strict=False)
     if fitted.optimizer_state is not None:
-        set_named_optimizer_state(net.optimizer_, net.module_, fitted.optimizer_state)
+        set_named_optimizer_state(net.optimizer_, plain_module(net), fitted.optimizer_state)
     net.epochs_before = fitted.epochs
     new_parts = {key.split(".")[0] for key in fresh if key not in fitted.module_state}
     notes = []
@@ -312,6 +340,29 @@ def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
     )
 
 
+def plain_module(net: DeepInfomaxNet) -> nn.Module:
+    """The net's module without the ``torch.compile`` wrapper (whose weights' names carry a
+    ``_orig_mod.`` prefix)."""
+    return getattr(net.module_, "_orig_mod", net.module_)
+
+
+DEVICE_MEMORY_SHARE = 0.5
+"""``data_on_device="auto"`` copies the training set to a CUDA device when it takes at most
+this share of the device's free memory."""
+
+
+def keeps_data_on_device(dataset: ArrayBatches, params: Mapping, device: torch.device) -> bool:
+    """Whether the whole training set goes to the device once (``data_on_device``)."""
+    choice = params["data_on_device"]
+    if choice != "auto":
+        return bool(choice)
+    if device.type != "cuda":
+        return False  # on the CPU a resident copy is only a second copy of X
+    free, _ = torch.cuda.mem_get_info(device)
+    item = 1 if dataset.X.dtype == np.uint8 else 4
+    return len(dataset) * int(np.prod(dataset.X.shape[1:])) * item <= DEVICE_MEMORY_SHARE * free
+
+
 @dataclass
 class FittedState:
     """What a training call continues from, or what it leaves behind.
@@ -356,20 +407,26 @@ def train_networks(
     used = parts_in_use(params["alpha"], params["gamma"], params["delta"], params["prior"])
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
+        # only the generators of the device trained on: fitting on the CPU of a GPU
+        # machine leaves the CUDA generators as they were
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
         net = build_net(
             build_module(params, dataset.layout),
             params,
             max_epochs=max_epochs,
             device=device,
             valid_dataset=valid_dataset,
+            resident_on=device if keeps_data_on_device(dataset, params, device) else None,
         )
         net.prepare = dataset.prepare
         net.initialize()
         if fitted is not None:
             restore_training_state(net, fitted, used)
         fit_net(net, dataset)
-    module = drop_unused_parts(net.module_.to("cpu").eval(), used)
+    module = drop_unused_parts(plain_module(net).to("cpu").eval(), used)
     kept = dict(module.named_parameters())
-    state = named_optimizer_state(net.optimizer_, net.module_)
+    state = named_optimizer_state(net.optimizer_, plain_module(net))
     return TrainingCall(module, {k: v for k, v in state.items() if k in kept}, net.history)
