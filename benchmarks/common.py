@@ -102,12 +102,13 @@ def machine_line(info: dict) -> str:
     )
 
 
-def probe_scores(Z_train, y_train, Z_test, y_test) -> dict:
+def probe_scores(Z_train, y_train, Z_test, y_test, *, mlp: bool = False, device="cpu") -> dict:
     """Linear probe, kNN-10 (cosine) and precision@k of frozen features.
 
     linear: ``StandardScaler + LogisticRegression`` test accuracy. knn10_cos: majority vote of
     the 10 nearest training samples by cosine distance. p@k_<metric>: the share of the k
-    nearest training samples that have the query's class (the image-search view).
+    nearest training samples that have the query's class (the image-search view). With
+    ``mlp``, also the DIM paper's probe (:func:`mlp_probe`) as ``mlp``.
     """
     Z_train = np.asarray(Z_train, dtype=np.float32).reshape(len(Z_train), -1)
     Z_test = np.asarray(Z_test, dtype=np.float32).reshape(len(Z_test), -1)
@@ -123,7 +124,40 @@ def probe_scores(Z_train, y_train, Z_test, y_test) -> dict:
         if metric == "cosine":
             votes = np.apply_along_axis(np.bincount, 1, y_train[neighbours], minlength=n_classes)
             scores["knn10_cos"] = float((votes.argmax(axis=1) == y_test).mean())
+    if mlp:
+        scores["mlp"] = mlp_probe(Z_train, y_train, Z_test, y_test, device=device)
     return scores
+
+
+def mlp_probe(Z_train, y_train, Z_test, y_test, *, device="cpu", epochs=50, seed=0) -> float:
+    """The DIM paper's probe: one hidden layer of 200 units with dropout, trained with Adam
+    on the (standardised) frozen features; returns the test accuracy."""
+    torch.manual_seed(seed)
+    scaler = StandardScaler().fit(Z_train.reshape(len(Z_train), -1))
+    train = torch.as_tensor(
+        scaler.transform(Z_train.reshape(len(Z_train), -1)), dtype=torch.float32
+    )
+    test = torch.as_tensor(scaler.transform(Z_test.reshape(len(Z_test), -1)), dtype=torch.float32)
+    labels = torch.as_tensor(y_train, dtype=torch.long)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    net = torch.nn.Sequential(
+        torch.nn.Linear(train.shape[1], 200),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(200, n_classes),
+    ).to(device)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
+    train, labels = train.to(device), labels.to(device)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(train), device=device).split(256):
+            loss = F.cross_entropy(net(train[rows]), labels[rows])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    net.eval()
+    with torch.no_grad():
+        predicted = net(test.to(device)).argmax(1).cpu().numpy()
+    return float((predicted == y_test).mean())
 
 
 def _batches(dim, X):

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.decomposition import PCA
 
 from dimlearn import DeepInfomaxTransformer
@@ -101,8 +102,12 @@ COLUMNS = [
 ]
 
 
+PROBE = {"mlp": False, "device": "auto"}
+"""Set by ``main`` from ``--probe`` and ``--device``."""
+
+
 def fit_dim(X, budget_s, seed, **params):
-    params = {"max_epochs": 10_000, **params}
+    params = {"max_epochs": 10_000, "device": PROBE["device"], **params}
     dim = DeepInfomaxTransformer(max_time=budget_s, random_state=seed, **params)
     with Stopwatch() as watch:
         dim.fit(X)
@@ -111,7 +116,8 @@ def fit_dim(X, budget_s, seed, **params):
 
 def scored(features, Z_train, Z_test, y_train, y_test, **extra):
     row = {"features": features, "dims": int(np.prod(Z_train.shape[1:]))}
-    row.update(probe_scores(Z_train, y_train, Z_test, y_test))
+    device = "cuda" if PROBE["device"] != "cpu" and torch.cuda.is_available() else "cpu"
+    row.update(probe_scores(Z_train, y_train, Z_test, y_test, mlp=PROBE["mlp"], device=device))
     row.update(extra)
     print(
         f"  {features}: linear {row['linear']:.3f}, kNN-10 cos {row['knn10_cos']:.3f}", flush=True
@@ -239,7 +245,15 @@ def main(argv=None) -> int:
     parser.add_argument("--name", help="results file stem (default <dataset>_<study>)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--no-figure", action="store_true", help="skip the KNN figure")
+    parser.add_argument(
+        "--probe",
+        choices=["default", "mlp"],
+        default="default",
+        help="mlp adds the DIM paper's probe (200 hidden units, dropout) as a column",
+    )
+    parser.add_argument("--device", default="auto", help="where DIM trains (auto, cpu, cuda)")
     args = parser.parse_args(argv)
+    PROBE.update(mlp=args.probe == "mlp", device=args.device)
     args.name = args.name or f"{args.dataset}_{args.study}"
 
     try:
@@ -277,7 +291,10 @@ def main(argv=None) -> int:
         f"whole run {wall / 60:.1f} min. Machine: {machine_line(info)}.\n"
         f"Command: `python -m benchmarks.quality {' '.join(argv or sys.argv[1:])}`\n\n"
     )
-    md = write_results(args.name, payload, header + markdown_table(rows, COLUMNS), args.out)
+    columns = (
+        COLUMNS[:4] + [("mlp", "MLP probe %", "pct")] + COLUMNS[4:] if PROBE["mlp"] else COLUMNS
+    )
+    md = write_results(args.name, payload, header + markdown_table(rows, columns), args.out)
     print(f"wrote {md}")
     return 0
 
