@@ -267,3 +267,27 @@ def test_small_images_benchmark_compares_with_pca_and_the_untrained_encoder(tmp_
     ]
     assert rows[0]["linear"] > 0.9  # PCA on digits
     assert all(0.1 < r["linear"] <= 1 and 0.1 < r["p10"] <= 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_the_cpu_with_a_tiny_budget(tmp_path):
+    from benchmarks import gpu
+
+    assert gpu.main(["--tiny", "--no-quality", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    trains = [r for r in rows if r["part"] == "train"]
+    assert [(r["batch"], r["setting"]) for r in trains] == [
+        (b, s) for b in (128, 512) for s in ("float32 eager", "bfloat16")
+    ]
+    assert all(r["img_s"] > 0 and 0 <= r["data_wait_share"] < 1 for r in trains)
+    assert rows[-1]["part"] == "transform" and rows[-1]["img_s"] > 0
+    assert "| 512 | bfloat16 |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_mlp_probe_learns_separable_features():
+    from benchmarks.common import mlp_probe
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    Z = rng.normal(size=(300, 5)) + 4 * np.eye(3, 5)[y]
+    assert mlp_probe(Z[:200], y[:200], Z[200:], y[200:], epochs=20) > 0.9
