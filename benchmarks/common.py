@@ -161,8 +161,8 @@ def mlp_probe(Z_train, y_train, Z_test, y_test, *, device="cpu", epochs=50, seed
 
 
 def _batches(dim, X):
-    X = dim._validate_input(X, reset=False)
-    return ArrayBatches(X, dim._layout, dim.input_mean_, dim.input_scale_)
+    """Standardised batches of images shaped like ``dim``'s training data (public API)."""
+    return ArrayBatches(np.asarray(X), dim.layout_, dim.input_mean_, dim.input_scale_)
 
 
 @torch.no_grad()
@@ -187,7 +187,7 @@ def untrained_twin(dim, X, batch_size: int = 256):
     twin = copy.deepcopy(dim)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        module = build_module(dim.get_params(), dim._layout)
+        module = build_module(dim.get_params(), dim.layout_)
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()

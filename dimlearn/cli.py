@@ -48,7 +48,7 @@ def _read_images(source: str, size, mode: str, verbose: bool):
 
 def _model_image_size(model: DeepInfomaxTransformer):
     """``size`` and ``mode`` that make images from files match what the model was fitted on."""
-    layout = model._layout
+    layout = model.layout_
     if layout.kind != "image" or not layout.channels_last:
         raise UsageError(
             "this model was not fitted on (n, H, W, C) images, so image files cannot be fed "

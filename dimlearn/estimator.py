@@ -36,7 +36,7 @@ _FITTED_ATTRIBUTES = (
     "feature_names_in_",
     "random_state_",
     "_optimizer_state",
-    "_layout",
+    "layout_",
     "_device_copy",
 )
 SCORE_BATCH = 128
@@ -223,6 +223,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Per-channel (or per-feature) statistics used to standardise inputs.
     sample_shape_ : tuple
         Shape of one sample seen in ``fit``; ``transform`` insists on the same.
+    layout_ : dimlearn.inputs.Layout
+        How a sample is read: image or tabular, its image shape and where the channels are
+        (what :func:`dimlearn.training.build_module` builds the networks from).
     n_features_in_ : int
         Values per sample (``prod(sample_shape_)``).
     feature_names_in_ : ndarray of str
@@ -462,7 +465,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         X = self._validate_input(X, reset=not continued)
         if continued:
-            layout = self._layout
+            layout = self.layout_
             if len(X) < 2:
                 raise ValueError(
                     f"Found array with {len(X)} sample(s); training needs at least 2 "
@@ -511,7 +514,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         else:
             self.sample_shape_ = tuple(X.shape[1:])
             self.input_mean_, self.input_scale_ = stats
-            self._layout = layout
+            self.layout_ = layout
             self.history_ = run.history
             self.loss_curve_ = losses
             self.n_iter_ = len(run.history)
@@ -570,7 +573,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         """
         check_is_fitted(self)
         X = self._validate_input(X, reset=False)
-        dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
+        dataset = ArrayBatches(X, self.layout_, self.input_mean_, self.input_scale_)
         device = resolve_device(self.device, strict=False)
         batch = _TRANSFORM_BATCH if device.type == "cpu" else _TRANSFORM_BATCH_ACCELERATOR
         return encode(self._module_on(device), dataset, batch, device, self.feature_level)
@@ -612,7 +615,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 f"score needs at least 2 samples (each code is told apart from the other "
                 f"images); got {len(X)}."
             )
-        dataset = ArrayBatches(X, self._layout, self.input_mean_, self.input_scale_)
+        dataset = ArrayBatches(X, self.layout_, self.input_mean_, self.input_scale_)
         device = resolve_device(self.device, strict=False)
         return local_mi_score(self._module_on(device), dataset, SCORE_BATCH, device)
 

@@ -192,7 +192,7 @@ def _describe(estimator) -> dict:
     params["device"] = str(params["device"])
     if params["image_shape"] is not None:
         params["image_shape"] = [int(s) for s in params["image_shape"]]
-    layout = estimator._layout
+    layout = estimator.layout_
     fitted = {
         "sample_shape_": list(estimator.sample_shape_),
         "input_mean_": np.asarray(estimator.input_mean_, dtype=np.float64).tolist(),
@@ -345,7 +345,7 @@ def _rebuild(payload: dict, tensors: dict) -> DeepInfomaxTransformer:
         "n_iter_": _count(fitted["n_iter_"], "n_iter_"),
         "loss_curve_": [float(v) for v in fitted["loss_curve_"]],
         "history_": History([dict(entry) for entry in payload["history"]]),
-        "_layout": layout,
+        "layout_": layout,
     }
     if "feature_names_in_" in fitted:
         names = [str(name) for name in fitted["feature_names_in_"]]

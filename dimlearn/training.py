@@ -92,12 +92,14 @@ class DeepInfomaxNet(NeuralNet):
     epochs_before = 0
     prepare = None  # ArrayBatches.prepare of the training data: standardises on the device
     augment = False
+    channels_last = False  # image batches in NHWC memory order (convolutions on CUDA)
 
     def model_input(self, raw: torch.Tensor, training: bool) -> torch.Tensor:
         """A raw batch (stored dtype, on the host) as model input on the net's device:
         copied as it is stored, then standardised (and augmented) there."""
         x = self.prepare(raw.to(self.device, non_blocking=True))
-        return random_crop_flip(x) if training and self.augment else x
+        x = random_crop_flip(x) if training and self.augment else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     precision = "float32"
     scaler = None  # a GradScaler when training in float16
@@ -423,6 +425,9 @@ def train_networks(
         )
         net.prepare = dataset.prepare
         net.initialize()
+        if device.type == "cuda" and dataset.layout.kind == "image":
+            net.channels_last = True
+            net.module_.to(memory_format=torch.channels_last)
         if fitted is not None:
             restore_training_state(net, fitted, used)
         fit_net(net, dataset)

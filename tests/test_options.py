@@ -294,7 +294,7 @@ def test_concat_critic_scores_in_chunks_as_one_batch(digit_images):
     from dimlearn.inference import local_mi_score
     from dimlearn.inputs import ArrayBatches
 
-    data = ArrayBatches(X[64:164].reshape(-1, 8, 8), dim._layout, *dim._stats)
+    data = ArrayBatches(X[64:164].reshape(-1, 8, 8), dim.layout_, *dim._stats)
     whole = local_mi_score(dim.module_, data, 128, "cpu", code_chunk=1000)
     assert local_mi_score(dim.module_, data, 128, "cpu", code_chunk=7) == pytest.approx(whole)
 
