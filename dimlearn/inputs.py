@@ -242,12 +242,15 @@ class ArrayBatches(torch.utils.data.Dataset):
         return self.take(slice(index, index + 1))[0]
 
 
-def random_crop_flip(images: torch.Tensor) -> torch.Tensor:
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Random crop after reflection padding, and a random horizontal flip, per image.
 
     Pads by an eighth of the side (4 px on 32x32, the usual CIFAR setting), crops back to
-    the original size at a random offset, and mirrors half of the images. Draws from torch's
-    global RNG. ``images`` is ``(B, C, H, W)``.
+    the original size at a random offset, and mirrors half of the images. Draws from
+    ``generator`` (on the images' device; torch's global RNG when None). ``images`` is
+    ``(B, C, H, W)``.
 
     Examples
     --------
@@ -259,11 +262,11 @@ def random_crop_flip(images: torch.Tensor) -> torch.Tensor:
     device = images.device
     pad_h, pad_w = max(1, h // 8), max(1, w // 8)
     padded = torch.nn.functional.pad(images, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    top = torch.randint(0, 2 * pad_h + 1, (n, 1, 1), device=device)
-    left = torch.randint(0, 2 * pad_w + 1, (n, 1, 1), device=device)
+    top = torch.randint(0, 2 * pad_h + 1, (n, 1, 1), device=device, generator=generator)
+    left = torch.randint(0, 2 * pad_w + 1, (n, 1, 1), device=device, generator=generator)
     rows = top + torch.arange(h, device=device)[None, :, None]
     cols = left + torch.arange(w, device=device)[None, None, :]
-    flip = torch.rand(n, device=device) < 0.5
+    flip = torch.rand(n, device=device, generator=generator) < 0.5
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     cropped = padded[torch.arange(n, device=device)[:, None, None], :, rows, cols]  # (B,H,W,C)
     return cropped.permute(0, 3, 1, 2).contiguous()
@@ -293,9 +296,9 @@ def split_batches(n: int, batch_size: int) -> list[int]:
 class ShuffledBatches:
     """Iterable over one epoch: shuffled, nearly equal raw batches of ``(X_batch, None)``.
 
-    Used as skorch's ``iterator_train``. It draws the shuffle from torch's global RNG, which
-    the estimator seeds, and reads each batch in one vectorised step, which is faster than a
-    ``DataLoader`` that fetches and collates sample by sample. Batches are raw
+    Used as skorch's ``iterator_train``. It draws the shuffle from ``generator``, which the
+    training call owns and seeds, and reads each batch in one vectorised step, which is
+    faster than a ``DataLoader`` that fetches and collates sample by sample. Batches are raw
     (:meth:`ArrayBatches.raw`); the net standardises (and augments) them on its device.
     With ``pin_memory`` (training on CUDA) each batch is put in page-locked memory, so that
     its copy to the device can run asynchronously. With ``resident_on`` the whole dataset
@@ -308,7 +311,9 @@ class ShuffledBatches:
         batch_size: int,
         pin_memory: bool = False,
         resident_on: torch.device | None = None,
+        generator: torch.Generator | None = None,
     ):
+        self.generator = generator  # a CPU generator for the shuffle (global RNG when None)
         self.dataset = dataset
         self.sizes = split_batches(len(dataset), batch_size)
         self.pin_memory = pin_memory
@@ -319,7 +324,7 @@ class ShuffledBatches:
         return len(self.sizes)
 
     def __iter__(self):
-        order = torch.randperm(len(self.dataset)).numpy()
+        order = torch.randperm(len(self.dataset), generator=self.generator).numpy()
         bounds = np.cumsum([0, *self.sizes])
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             # sorted rows read memory in order; the batch's content is what was drawn

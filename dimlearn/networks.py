@@ -438,6 +438,10 @@ class DeepInfomaxModule(nn.Module):
         self.mi_estimator = mi_estimator
         self.prior = prior
 
+    generator: torch.Generator | None = None
+    """Where code samples, negatives and prior samples are drawn from during training (set
+    by the training call, which owns it; torch's global RNG when None)."""
+
     def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The training step's loss terms: :meth:`terms`. Training calls the module itself,
         so that ``torch.compile`` and data-parallel wrappers, which wrap ``forward``, wrap
@@ -454,10 +458,11 @@ class DeepInfomaxModule(nn.Module):
         out = {}
         needs_z = "global" in names or "local" in names
         needs_perm = needs_z or "local_local" in names
-        z = sample_code(mu, logvar) if needs_z or self.prior == "adversarial" else None
+        draw = self.generator
+        z = sample_code(mu, logvar, draw) if needs_z or self.prior == "adversarial" else None
         perm = None
         if needs_perm and self.negatives == "shuffle":
-            perm = derangement(x.shape[0], device=x.device)
+            perm = derangement(x.shape[0], device=x.device, generator=draw)
         for name, critic, loss in (
             ("global", self.global_critic, global_mi_loss),
             ("local", self.local_critic, local_mi_loss),
@@ -471,7 +476,7 @@ class DeepInfomaxModule(nn.Module):
         if "prior" in names:
             if self.prior == "adversarial":
                 disc = self.prior_discriminator
-                samples = torch.randn_like(z)
+                samples = torch.randn(z.shape, generator=draw, device=z.device, dtype=z.dtype)
                 d_loss, g_loss = adversarial_prior_losses(
                     disc(samples), disc(z.detach()), disc.frozen(z)
                 )

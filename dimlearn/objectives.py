@@ -181,17 +181,24 @@ def adversarial_prior_losses(
     return discriminator, F.softplus(-code_scores).mean()
 
 
-def sample_code(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Reparameterised sample ``z = mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+def sample_code(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Reparameterised sample ``z = mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``,
+    drawn from ``generator`` (torch's global RNG when None)."""
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
 
 
-def derangement(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def derangement(
+    n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A random permutation of ``range(n)`` without fixed points: a random cyclic shift.
 
     Negatives pair sample ``i`` with sample ``perm[i]``; a fixed point would be a "negative"
     that is really the positive. Batches are shuffled, so a cyclic shift by a random
-    ``k in [1, n)`` pairs each sample with a random other one. Draws from torch's global RNG.
+    ``k in [1, n)`` pairs each sample with a random other one. Draws from ``generator``
+    (torch's global RNG when None).
 
     Raises
     ------
@@ -207,5 +214,6 @@ def derangement(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """
     if n < 2:
         raise ValueError(f"a batch of {n} sample(s) has no in-batch negatives; need at least 2")
-    shift = int(torch.randint(1, n, (1,)).item())
+    where = generator.device if generator is not None else "cpu"
+    shift = int(torch.randint(1, n, (1,), generator=generator, device=where).item())
     return torch.roll(torch.arange(n, device=device), shifts=shift)

@@ -4,6 +4,7 @@ start to end (build, restore, fit, collect)."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -93,12 +94,13 @@ class DeepInfomaxNet(NeuralNet):
     prepare = None  # ArrayBatches.prepare of the training data: standardises on the device
     augment = False
     channels_last = False  # image batches in NHWC memory order (convolutions on CUDA)
+    generator = None  # the training call's generator on the device (augmentation)
 
     def model_input(self, raw: torch.Tensor, training: bool) -> torch.Tensor:
         """A raw batch (stored dtype, on the host) as model input on the net's device:
         copied as it is stored, then standardised (and augmented) there."""
         x = self.prepare(raw.to(self.device, non_blocking=True))
-        x = random_crop_flip(x) if training and self.augment else x
+        x = random_crop_flip(x, self.generator) if training and self.augment else x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     precision = "float32"
@@ -195,7 +197,14 @@ def build_module(params: Mapping, layout: Layout) -> DeepInfomaxModule:
 
 
 def build_net(
-    module, params: Mapping, *, max_epochs: int, device, valid_dataset=None, resident_on=None
+    module,
+    params: Mapping,
+    *,
+    max_epochs: int,
+    device,
+    valid_dataset=None,
+    resident_on=None,
+    generators=(None, None),
 ):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``.
 
@@ -241,6 +250,7 @@ def build_net(
         iterator_train=ShuffledBatches,
         iterator_train__pin_memory=torch.device(device).type == "cuda",
         iterator_train__resident_on=resident_on,
+        iterator_train__generator=generators[0],
         compile=bool(params["compile"]),
         iterator_valid=OrderedBatches,
         train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
@@ -250,6 +260,7 @@ def build_net(
     )
     net.stop_request = stop_request
     net.augment = bool(params["augment"])
+    net.generator = generators[1]
     net.precision = params["precision"]
     if net.precision == "float16":
         net.scaler = torch.amp.GradScaler(torch.device(device).type)
@@ -342,6 +353,11 @@ def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
     )
 
 
+_INITIAL_WEIGHTS_LOCK = threading.Lock()
+"""Fits in several threads draw their initial weights one at a time (nn.Module draws them
+from the global CPU generator, which each fit seeds under a fork)."""
+
+
 def plain_module(net: DeepInfomaxNet) -> nn.Module:
     """The net's module without the ``torch.compile`` wrapper (whose weights' names carry a
     ``_orig_mod.`` prefix)."""
@@ -399,38 +415,44 @@ def train_networks(
     fitted: FittedState | None = None,
 ) -> TrainingCall:
     """One training call, start to end: build the networks for the dataset's layout from
-    ``params`` with torch seeded by ``seed`` (torch's global RNG is restored afterwards),
-    continue from ``fitted`` if given, train, and return the module on the CPU without the
-    parts that no term uses (:func:`~dimlearn.state.drop_unused_parts`).
+    ``params``, continue from ``fitted`` if given, train, and return the module on the CPU
+    without the parts that no term uses (:func:`~dimlearn.state.drop_unused_parts`). All
+    randomness comes from ``seed``, through generators this call owns.
 
     Raises :class:`NonFiniteLossError` if the loss stops being finite; nothing outside the
-    returned object is changed, so a caller that does not keep it is left as it was.
+    returned object is changed (torch's global RNG included), so a caller that does not
+    keep it is left as it was.
     """
     used = parts_in_use(params["alpha"], params["gamma"], params["delta"], params["prior"])
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        # only the generators of the device trained on: fitting on the CPU of a GPU
-        # machine leaves the CUDA generators as they were
+    # the call's randomness comes from generators it owns (shuffle on the host; code
+    # samples, negatives and augmentation on the device); only the initial weights, which
+    # nn.Module draws from the global generator, are drawn under a fork of the CPU one
+    host = torch.Generator().manual_seed(seed)
+    on_device = host if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+    with _INITIAL_WEIGHTS_LOCK, torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        net = build_net(
-            build_module(params, dataset.layout),
-            params,
-            max_epochs=max_epochs,
-            device=device,
-            valid_dataset=valid_dataset,
-            resident_on=device if keeps_data_on_device(dataset, params, device) else None,
-        )
-        net.prepare = dataset.prepare
-        net.initialize()
-        if device.type == "cuda" and dataset.layout.kind == "image":
-            net.channels_last = True
-            net.module_.to(memory_format=torch.channels_last)
+        module = build_module(params, dataset.layout)
+    module.generator = on_device
+    net = build_net(
+        module,
+        params,
+        max_epochs=max_epochs,
+        device=device,
+        valid_dataset=valid_dataset,
+        resident_on=device if keeps_data_on_device(dataset, params, device) else None,
+        generators=(host, on_device),
+    )
+    net.prepare = dataset.prepare
+    net.initialize()
+    if device.type == "cuda" and dataset.layout.kind == "image":
+        net.channels_last = True
+        net.module_.to(memory_format=torch.channels_last)
+    try:
         if fitted is not None:
             restore_training_state(net, fitted, used)
         fit_net(net, dataset)
+    finally:
+        module.generator = None  # a generator is not part of the fitted model
     module = drop_unused_parts(plain_module(net).to("cpu").eval(), used)
     kept = dict(module.named_parameters())
     state = named_optimizer_state(net.optimizer_, plain_module(net))

@@ -83,3 +83,34 @@ def test_fitting_on_the_cpu_leaves_cuda_generators_alone(digit_images, monkeypat
     monkeypatch.setattr(torch.cuda, "manual_seed", refuse)
     monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
     DeepInfomaxTransformer(**FAST).fit(digit_images[0][:64])
+
+
+def test_training_draws_only_from_generators_it_owns(digit_images):
+    # no fork-and-restore around training any more: if a draw came from the global RNG,
+    # its state would have moved
+    X, _ = digit_images
+    params = dict(FAST, augment=True, negatives="shuffle", prior="adversarial", alpha=0.5)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    DeepInfomaxTransformer(**params, early_stopping=True).fit(X[:96])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_fits_in_threads_give_the_sequential_results(digit_images):
+    import threading
+
+    X, _ = digit_images
+    expected = DeepInfomaxTransformer(**FAST, augment=True).fit(X[:96]).transform(X[:10])
+    results = [None, None]
+
+    def fit(slot):
+        dim = DeepInfomaxTransformer(**FAST, augment=True).fit(X[:96])
+        results[slot] = dim.transform(X[:10])
+
+    threads = [threading.Thread(target=fit, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for codes in results:
+        np.testing.assert_array_equal(codes, expected)
