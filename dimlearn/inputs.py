@@ -7,6 +7,7 @@ standardised batches without ever copying the whole array to float.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -301,8 +302,10 @@ class ShuffledBatches:
     faster than a ``DataLoader`` that fetches and collates sample by sample. Batches are raw
     (:meth:`ArrayBatches.raw`); the net standardises (and augments) them on its device.
     With ``pin_memory`` (training on CUDA) each batch is put in page-locked memory, so that
-    its copy to the device can run asynchronously. With ``resident_on`` the whole dataset
-    is copied to that device once and batches are gathered there.
+    its copy to the device can run asynchronously, and (``prefetch``, on by default with
+    ``pin_memory``) the next batch is read in a thread while the device works on this one.
+    With ``resident_on`` the whole dataset is copied to that device once and batches are
+    gathered there.
     """
 
     def __init__(
@@ -312,28 +315,43 @@ class ShuffledBatches:
         pin_memory: bool = False,
         resident_on: torch.device | None = None,
         generator: torch.Generator | None = None,
+        prefetch: bool | None = None,
     ):
         self.generator = generator  # a CPU generator for the shuffle (global RNG when None)
         self.dataset = dataset
         self.sizes = split_batches(len(dataset), batch_size)
         self.pin_memory = pin_memory
+        # read (and pin) the next batch in a thread while the device works on this one
+        self.prefetch = pin_memory if prefetch is None else prefetch
         # data_on_device: the whole set, in its stored dtype, copied to the device once
         self.resident = None if resident_on is None else dataset.raw(slice(None)).to(resident_on)
 
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def _host_batch(self, rows: np.ndarray) -> torch.Tensor:
+        batch = self.dataset.raw(rows)
+        return batch.pin_memory() if self.pin_memory else batch
+
     def __iter__(self):
         order = torch.randperm(len(self.dataset), generator=self.generator).numpy()
         bounds = np.cumsum([0, *self.sizes])
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            # sorted rows read memory in order; the batch's content is what was drawn
-            rows = np.sort(order[start:stop])
-            if self.resident is not None:
+        # sorted rows read memory in order; the batch's content is what was drawn
+        batches = [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if self.resident is not None:
+            for rows in batches:
                 yield self.resident[torch.from_numpy(rows).to(self.resident.device)], None
-                continue
-            batch = self.dataset.raw(rows)
-            yield (batch.pin_memory() if self.pin_memory else batch), None
+        elif not self.prefetch:
+            for rows in batches:
+                yield self._host_batch(rows), None
+        else:
+            with ThreadPoolExecutor(max_workers=1) as reader:
+                pending = reader.submit(self._host_batch, batches[0])
+                for following in [*batches[1:], None]:
+                    batch = pending.result()
+                    if following is not None:
+                        pending = reader.submit(self._host_batch, following)
+                    yield batch, None
 
 
 class OrderedBatches:

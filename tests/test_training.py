@@ -91,3 +91,18 @@ def test_forward_returns_the_loss_terms():
     by_terms = module.terms(x, ("global", "local", "prior"))
     assert by_call.keys() == by_terms.keys()
     assert all(torch.equal(by_call[k], by_terms[k]) for k in by_call)
+
+
+def test_prefetching_reads_the_same_batches_in_the_same_order():
+    X = np.random.default_rng(0).integers(0, 256, size=(50, 8, 8, 3), dtype=np.uint8)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    data = ArrayBatches(X, layout, *channel_stats(X, layout))
+
+    def epoch(prefetch):
+        generator = torch.Generator().manual_seed(3)
+        batches = ShuffledBatches(data, 8, generator=generator, prefetch=prefetch)
+        return [batch for batch, _ in batches]
+
+    plain, ahead = epoch(False), epoch(True)
+    assert len(plain) == len(ahead) == 7
+    assert all(torch.equal(a, b) for a, b in zip(plain, ahead, strict=True))
