@@ -38,6 +38,13 @@ EXPECTED = {
         r"(?P<params>\{'alpha': .*\}): (?P<nats>-?\d+\.\d{3}) nats": 4,
         r"best by held-out local MI, no labels: (?P<params>\{.*\})": 1,
     },
+    "dask_grid_search.py": {
+        r"dask cluster with (?P<workers>\d+) workers": 1,
+        r"searched on dask in (?P<seconds>\d+\.\d) s": 1,
+        rf"(?P<params>\{{'dim__alpha': .*\}}): {ACCURACY}": 4,
+        r"best on dask: (?P<params>\{.*\})": 1,
+        r"dask and serial searches agree: True": 1,
+    },
     "save_and_load.py": {
         r"saved digits_dim\.safetensors: (?P<mb>\d+\.\d\d) MB": 1,
         r"loaded model gives identical codes: True": 1,
@@ -104,6 +111,18 @@ def check_grid_search(found):
     assert ast.literal_eval(best_mi[0]["params"]) in best_of(mi, "nats")
 
 
+def check_dask_grid_search(found):
+    (workers, seconds, scored, best, _agree) = found.values()
+    assert workers[0]["workers"] == "2" and float(seconds[0]["seconds"]) >= 0
+    assert [ast.literal_eval(row["params"]) for row in scored] == [
+        {"dim__alpha": alpha, "dim__beta": 1.0, "dim__gamma": gamma}
+        for alpha in (0.0, 0.5)
+        for gamma in (0.0, 0.1)
+    ]
+    assert all(0.1 < float(row["accuracy"]) <= 1 for row in scored)  # chance is 0.1
+    assert ast.literal_eval(best[0]["params"]) in best_of(scored, "accuracy")
+
+
 def check_save_and_load(found):
     (compact,), (full,) = (
         [float(row["mb"]) for row in rows] for key, rows in found.items() if "saved" in key
@@ -116,12 +135,15 @@ CHECKS = {
     "pipeline_and_search.py": check_pipeline_and_search,
     "grid_search.py": check_grid_search,
     "save_and_load.py": check_save_and_load,
+    "dask_grid_search.py": check_dask_grid_search,
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script):
+    if script.name == "dask_grid_search.py":
+        pytest.importorskip("distributed")
     result = subprocess.run(
         [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300
     )
