@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import importlib.util
 import json
 import math
@@ -290,27 +288,18 @@ BUILDERS = {
 }
 
 
-def _status_mib(*fields: str) -> dict:
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in fields:
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
 def _settle() -> float:
     """Frees what can be freed, resets the peak RSS (Linux); returns RssAnon in MiB."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    return _status_mib("RssAnon").get("RssAnon", float("nan"))
+    from .common import settle_memory, status_mib
+
+    settle_memory()
+    return status_mib("RssAnon").get("RssAnon", float("nan"))
 
 
 def child(name: str, folder: str) -> list[dict]:
     """In a fresh process: build one index, query it at each knob value, one row each."""
+    from .common import status_mib
+
     params = json.loads((Path(folder) / "params.json").read_text())
     codes = np.load(Path(folder) / "codes.npy")
     queries = np.load(Path(folder) / "queries.npy")
@@ -325,11 +314,11 @@ def child(name: str, folder: str) -> list[dict]:
     search(build(codes[:2000], threads, params["seed"]), queries[:10], k, params["knobs"][name][0])
     warmup_build_s = time.perf_counter() - start
     before = _settle()
-    hwm_before = _status_mib("VmHWM")["VmHWM"]
+    hwm_before = status_mib("VmHWM")["VmHWM"]
     start = time.perf_counter()
     index = build(codes, threads, params["seed"])
     build_s = time.perf_counter() - start
-    build_peak = _status_mib("VmHWM")["VmHWM"] - hwm_before
+    build_peak = status_mib("VmHWM")["VmHWM"] - hwm_before
     index_mib = _settle() - before
     print(
         f"  {name}: warm-up {warmup_build_s:.1f} s, build {build_s:.1f} s, {index_mib:.0f} MiB",

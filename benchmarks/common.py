@@ -202,6 +202,31 @@ def untrained_twin(dim, X, batch_size: int = 256):
     return twin
 
 
+def status_mib(*fields: str) -> dict:
+    """Fields of ``/proc/self/status`` (reported in kB), in MiB (Linux)."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in fields:
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+def settle_memory() -> None:
+    """Free what can be freed and reset the peak RSS, so that a measurement starts from a
+    tight baseline: garbage collection, glibc's ``malloc_trim`` (freed heap is otherwise kept
+    for reuse) and, on Linux, ``clear_refs`` 5 (resets VmHWM to the current RSS)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 class Stopwatch:
     def __enter__(self):
         self.start = time.perf_counter()

@@ -14,9 +14,6 @@ shared with the page cache and dropped by the kernel under pressure, so they are
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import shutil
 import subprocess
@@ -28,20 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, write_results
+from .common import (
+    RESULTS_DIR,
+    machine_info,
+    machine_line,
+    markdown_table,
+    settle_memory,
+    status_mib,
+    write_results,
+)
 
 IMAGE_SHAPE = (32, 32, 3)
 MIB = 2**20
-
-
-def status_mib(*fields: str) -> dict:
-    """Fields of ``/proc/self/status`` (reported in kB), in MiB."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in fields:
-            values[key] = int(rest.split()[0]) / 1024
-    return values
 
 
 class AnonPeak:
@@ -65,11 +60,7 @@ class AnonPeak:
 
     def start_phase(self) -> float:
         """Frees what earlier phases left (so that the start is a tight baseline), resets."""
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed heap for reuse
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with contextlib.suppress(OSError):  # Linux: 5 resets VmHWM to the current RSS
-            Path("/proc/self/clear_refs").write_text("5")
+        settle_memory()
         with self.lock:
             self.peak = 0.0
         return self.sample()

@@ -31,7 +31,7 @@ def test_memory_benchmark_writes_one_row_per_size_and_phase(tmp_path):
 
 
 def test_status_fields_and_disk_check(tmp_path, monkeypatch):
-    status = memory.status_mib("RssAnon", "VmHWM")
+    status = memory.status_mib("RssAnon", "VmHWM")  # from benchmarks.common
     assert status["VmHWM"] >= status["RssAnon"] > 0
     monkeypatch.setattr(memory.shutil, "disk_usage", lambda path: type("U", (), {"free": 10}))
     with pytest.raises(SystemExit, match="not enough disk"):
