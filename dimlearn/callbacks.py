@@ -119,7 +119,10 @@ class BestEpochEarlyStopping(EarlyStopping):
             super().on_epoch_end(net, **kwargs)
         finally:
             if self.best_epoch_ != best_before:
-                self.best_optimizer_state_ = named_optimizer_state(net.optimizer_, net.module_)
+                # on the device: a checkpoint, not a result (no copy to the host each epoch)
+                self.best_optimizer_state_ = named_optimizer_state(
+                    net.optimizer_, net.module_, device=None
+                )
 
     def on_train_end(self, net, **kwargs):
         best = getattr(self, "best_epoch_", None)

@@ -42,8 +42,11 @@ def drop_unused_parts(module: nn.Module, used: set[str]) -> nn.Module:
     return module
 
 
-def named_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict:
-    """Per-parameter optimiser state keyed by parameter name, copied to the CPU.
+def named_optimizer_state(
+    optimizer: torch.optim.Optimizer, module: nn.Module, device: str | None = "cpu"
+) -> dict:
+    """Per-parameter optimiser state keyed by parameter name, copied to ``device`` (None:
+    copied where it is, e.g. for a checkpoint kept during training).
 
     Parameters that never received a gradient (parts of unused terms) have no state and
     are left out.
@@ -55,7 +58,10 @@ def named_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module) -
             state = optimizer.state.get(param)
             if state:
                 out[names[id(param)]] = {
-                    key: value.detach().to("cpu", copy=True) for key, value in state.items()
+                    key: value.detach().clone()
+                    if device is None
+                    else value.detach().to(device, copy=True)
+                    for key, value in state.items()
                 }
     return out
 
