@@ -11,7 +11,7 @@ from .networks import split_pairs
 from .objectives import infonce_mi_loss
 
 
-def on_device(dataset: ArrayBatches, rows, device) -> torch.Tensor:
+def device_batch(dataset: ArrayBatches, rows, device) -> torch.Tensor:
     """Model input for ``rows``: copied to ``device`` in the stored dtype, standardised there."""
     return dataset.prepare(dataset.raw(rows).to(device, non_blocking=True))
 
@@ -26,7 +26,7 @@ def encode(
     out = np.empty((len(dataset), encoder.feature_dims[level]), dtype=np.float32)
     for start in range(0, len(dataset), batch_size):
         features = encoder.features(
-            on_device(dataset, slice(start, start + batch_size), device), level
+            device_batch(dataset, slice(start, start + batch_size), device), level
         )
         out[start : start + features.shape[0]] = features.cpu().numpy()
     return out
@@ -49,7 +49,7 @@ def local_mi_score(
     total, count = 0.0, 0
     bounds = np.cumsum([0, *split_batches(len(dataset), batch_size)])
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        x = on_device(dataset, slice(int(start), int(stop)), device)
+        x = device_batch(dataset, slice(int(start), int(stop)), device)
         local_map, mu, _ = module.encoder(x)
         image_part, code_part = critic.embed(local_map, mu)
         rows = [
