@@ -326,20 +326,23 @@ class LocalLocalCritic(nn.Module):
         self.position_side = side()
         self.context_side = side()
 
-    def scores(self, local_map: torch.Tensor, negatives: str, perm=None):
-        """Positive scores ``(B, h, w)`` and negative scores ``(B, K, h, w)``."""
+    def scores(self, local_map: torch.Tensor, negatives: str, perm=None, part=None):
+        """Positive scores ``(B, h, w)`` and negative scores ``(B, K, h, w)`` of this
+        process's rows (``part``, see :class:`WholeBatch`), negatives drawn from the whole
+        batch."""
+        part = part or WholeBatch(local_map.shape[0])
         positions = self.position_side(local_map)
         context = self.context_side(local_map)
         n_pos = context.shape[-2] * context.shape[-1]
         total = context.sum(dim=(2, 3))
         own = (total[:, :, None, None] - context) / (n_pos - 1)
         pos = (positions * own).sum(1)
-        mean_context = total / n_pos
+        mean_context = part.gather(total / n_pos)
         if negatives == "shuffle":
-            neg = (positions * mean_context[perm][:, :, None, None]).sum(1)
+            neg = (positions * mean_context[perm[part.rows]][:, :, None, None]).sum(1)
             return pos, neg.unsqueeze(1)
         full = torch.einsum("jd,idhw->ijhw", mean_context, positions)
-        return pos, split_pairs(full)[1]
+        return pos, split_pairs(full, part.start)[1]
 
 
 class PriorDiscriminator(nn.Module):
@@ -364,12 +367,39 @@ class PriorDiscriminator(nn.Module):
         return torch.func.functional_call(self, weights, (z,))
 
 
-def split_pairs(full: torch.Tensor):
+def split_pairs(full: torch.Tensor, offset: int = 0):
     """Split all-pairs scores ``full[i, j, ...]`` (code or position i against image j) into
-    the matched pairs ``(B, ...)`` on the diagonal and the mismatched ones ``(B, B - 1, ...)``."""
-    n = full.shape[0]
-    diagonal = torch.eye(n, dtype=torch.bool, device=full.device)
-    return full[diagonal], full[~diagonal].reshape(n, n - 1, *full.shape[2:])
+    the matched pairs ``(b, ...)`` and the mismatched ones ``(b, B - 1, ...)``.
+
+    Row i is sample ``offset + i`` of the batch of B images (``offset`` is where this
+    process's rows start; 0 when all B are here, and the matched pairs are the diagonal).
+    """
+    n, n_images = full.shape[:2]
+    matched = torch.zeros(n, n_images, dtype=torch.bool, device=full.device)
+    matched[torch.arange(n), torch.arange(offset, offset + n)] = True
+    return full[matched], full[~matched].reshape(n, n_images - 1, *full.shape[2:])
+
+
+class WholeBatch:
+    """Which rows of the training batch this process holds: here, all of them.
+
+    Data-parallel training (:mod:`dimlearn.distributed`) gives each process a part of every
+    batch with the same four members: ``total`` (the batch's size), ``start`` and ``rows``
+    (where this process's rows sit in it) and ``gather`` (this process's rows of a tensor
+    -> every process's, in batch order, with gradients flowing back to each process). The
+    loss is computed on gathered scores, so it is the loss of the whole batch, and random
+    draws are made for the whole batch and sliced, so they are the draws of one process.
+    """
+
+    start = 0
+
+    def __init__(self, total: int):
+        self.total = total
+        self.rows = slice(0, total)
+
+    @staticmethod
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
 
 
 CRITICS = {
@@ -378,19 +408,22 @@ CRITICS = {
 }
 
 
-def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None):
-    """Critic scores of matched pairs ``(B, ...)`` and mismatched pairs ``(B, K, ...)``.
+def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None, part=None):
+    """Critic scores of matched pairs ``(b, ...)`` and mismatched pairs ``(b, K, ...)`` for
+    the codes of this process's rows (``part``; all B rows by default).
 
     Every code z_i is contrasted with its own image (positive) and with other images of the
     batch: one, ``x_perm[i]`` (``negatives="shuffle"``, the seed's, K = 1), or all B - 1 of
     them (``negatives="all"``, the DIM paper's). A sample is never its own negative.
     """
+    part = part or WholeBatch(local_map.shape[0])
     image_part, code_part = critic.embed(local_map, z)
+    images = part.gather(image_part)  # the negatives come from the whole batch
     if negatives == "shuffle":
         pos = critic.pair_scores(image_part, code_part)
-        return pos, critic.pair_scores(image_part[perm], code_part).unsqueeze(1)
+        return pos, critic.pair_scores(images[perm[part.rows]], code_part).unsqueeze(1)
     # full[i, j] = T(x_j, z_i): row i holds every image scored against code i
-    return split_pairs(critic.all_pair_scores(image_part, code_part))
+    return split_pairs(critic.all_pair_scores(images, code_part), part.start)
 
 
 class DeepInfomaxModule(nn.Module):
@@ -442,6 +475,10 @@ class DeepInfomaxModule(nn.Module):
     """Where code samples, negatives and prior samples are drawn from during training (set
     by the training call, which owns it; torch's global RNG when None)."""
 
+    part: WholeBatch | None = None
+    """The rows of the batch this process holds, in data-parallel training (set by the
+    training step; None: the whole batch)."""
+
     def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The training step's loss terms: :meth:`terms`. Training calls the module itself,
         so that ``torch.compile`` and data-parallel wrappers, which wrap ``forward``, wrap
@@ -452,36 +489,50 @@ class DeepInfomaxModule(nn.Module):
         """The requested loss terms (``"global"``, ``"local"``, ``"local_local"``,
         ``"prior"``) on one batch.
 
-        Terms whose weight is zero are not requested, so their critics cost nothing.
+        Terms whose weight is zero are not requested, so their critics cost nothing. In
+        data-parallel training ``x`` is this process's part of the batch (:attr:`part`);
+        every term is still the whole batch's, identical in every process.
         """
+        part = self.part or WholeBatch(x.shape[0])
         local_map, mu, logvar = self.encoder(x)
         out = {}
         needs_z = "global" in names or "local" in names
         needs_perm = needs_z or "local_local" in names
         draw = self.generator
-        z = sample_code(mu, logvar, draw) if needs_z or self.prior == "adversarial" else None
+
+        def normal_draws():  # N(0, I) for the whole batch, this process's rows of it
+            shape = (part.total, mu.shape[1])
+            return torch.randn(shape, generator=draw, device=mu.device, dtype=mu.dtype)[part.rows]
+
+        z = None
+        if needs_z or self.prior == "adversarial":
+            z = sample_code(mu, logvar, noise=normal_draws())
         perm = None
         if needs_perm and self.negatives == "shuffle":
-            perm = derangement(x.shape[0], device=x.device, generator=draw)
+            perm = derangement(part.total, device=x.device, generator=draw)
         for name, critic, loss in (
             ("global", self.global_critic, global_mi_loss),
             ("local", self.local_critic, local_mi_loss),
         ):
             if name in names:
-                pos, neg = contrast(critic, local_map, z, self.negatives, perm)
-                out[name] = loss(pos, neg, self.mi_estimator)
+                pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
+                out[name] = loss(part.gather(pos), part.gather(neg), self.mi_estimator)
         if "local_local" in names:
-            pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm)
-            out["local_local"] = local_mi_loss(pos, neg, self.mi_estimator)
+            pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm, part)
+            out["local_local"] = local_mi_loss(
+                part.gather(pos), part.gather(neg), self.mi_estimator
+            )
         if "prior" in names:
             if self.prior == "adversarial":
                 disc = self.prior_discriminator
-                samples = torch.randn(z.shape, generator=draw, device=z.device, dtype=z.dtype)
+                samples = normal_draws()
                 d_loss, g_loss = adversarial_prior_losses(
-                    disc(samples), disc(z.detach()), disc.frozen(z)
+                    part.gather(disc(samples)),
+                    part.gather(disc(z.detach())),
+                    part.gather(disc.frozen(z)),
                 )
                 out["prior"] = d_loss + g_loss
             else:
                 reduction = "mean" if self.prior == "kl_mean" else "sum"
-                out["prior"] = prior_kl(mu, logvar, reduction)
+                out["prior"] = prior_kl(part.gather(mu), part.gather(logvar), reduction)
         return out

@@ -182,12 +182,16 @@ def adversarial_prior_losses(
 
 
 def sample_code(
-    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reparameterised sample ``z = mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``,
-    drawn from ``generator`` (torch's global RNG when None)."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return mu + torch.exp(0.5 * logvar) * eps
+    """Reparameterised sample ``z = mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``:
+    ``noise`` when given, else drawn from ``generator`` (torch's global RNG when None)."""
+    if noise is None:
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * noise
 
 
 def derangement(
