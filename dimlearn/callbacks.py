@@ -24,6 +24,14 @@ clock: Callable[[], float] = time.perf_counter
 """The clock of :class:`TimeBudget` (a module attribute so that tests can replace it)."""
 
 
+def _any_process(net, flag: bool) -> bool:
+    """``flag``, or in data-parallel training whether it holds in any process, so that all
+    processes stop at the same batch (one that stopped alone would leave the others waiting
+    for it)."""
+    ranks = getattr(net, "ranks", None)
+    return flag if ranks is None else ranks.any(flag)
+
+
 class TimeBudget(Callback):
     """Stops training once ``seconds`` have passed, at an epoch's end or inside an epoch.
 
@@ -43,13 +51,13 @@ class TimeBudget(Callback):
         self.epoch_start_ = clock()
 
     def on_batch_end(self, net, training=True, **kwargs):
-        if clock() - self.start_ >= self.seconds:
+        if _any_process(net, clock() - self.start_ >= self.seconds):
             net.history.record("stopped_by_time", True)
             raise KeyboardInterrupt
 
     def on_epoch_end(self, net, **kwargs):
         now = clock()
-        if (now - self.start_) + (now - self.epoch_start_) > self.seconds:
+        if _any_process(net, (now - self.start_) + (now - self.epoch_start_) > self.seconds):
             net.history.record("stopped_by_time", True)
             raise KeyboardInterrupt
 
@@ -98,9 +106,19 @@ class StopAtBatchEnd(Callback):
         self.request = request
 
     def on_batch_end(self, net, **kwargs):
-        if self.request.requested:
+        if _any_process(net, self.request.requested):
             net.history.record("interrupted", True)
             raise KeyboardInterrupt
+
+
+class WholeBatchSize(Callback):
+    """Records the whole batch's size as ``train_batch_size`` in data-parallel training
+    (skorch records this process's part), so that epoch means weigh batches as one
+    process would."""
+
+    def on_batch_end(self, net, batch=None, training=True, **kwargs):
+        if training and batch is not None and batch[1] is not None:
+            net.history.record_batch("train_batch_size", batch[1].total)
 
 
 class BestEpochEarlyStopping(EarlyStopping):

@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.history import History
 
 from .devices import on_device, resolve_device
+from .distributed import training_ranks
 from .inference import encode, local_mi_score
 from .inputs import ArrayBatches, channel_stats, resolve_layout
 from .training import FittedState, train_networks
@@ -194,6 +195,15 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     compile : bool, default=False
         ``torch.compile`` the networks (skorch's ``compile``): slower to start, faster per
         step on a GPU. The fitted ``module_`` is the plain module either way.
+    distributed : "auto" or bool, default="auto"
+        Data-parallel training across processes (``torchrun``; README: More than one
+        machine). ``"auto"``: when a ``torch.distributed`` process group of more than one
+        process is initialised, ``fit`` and ``partial_fit`` train one model together with
+        every process of it, each on its part of every batch, with the objective, batches
+        and random draws of one process (``batch_size`` is the whole batch); every process
+        must pass the same X and ends with the same fitted estimator. ``device="cuda"`` then
+        means each process's own GPU (``LOCAL_RANK``). ``True``: the same, and an error
+        when there is no such group. ``False``: each process trains alone.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, negatives and code sampling. With an int,
         fitting on the CPU is bit-for-bit reproducible (for a fixed torch thread count).
@@ -302,6 +312,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "precision": [StrOptions({"float32", "bfloat16", "float16"})],
         "data_on_device": [StrOptions({"auto"}), "boolean"],
         "compile": ["boolean"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -336,6 +347,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         precision: str = "float32",
         data_on_device="auto",
         compile: bool = False,
+        distributed="auto",
         random_state=None,
         verbose: int = 0,
     ):
@@ -367,6 +379,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.precision = precision
         self.data_on_device = data_on_device
         self.compile = compile
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -457,7 +470,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "alpha and beta are both 0, so nothing rewards information in the code. "
                 "Set alpha > 0 (global MI) or beta > 0 (local MI)."
             )
+        ranks = training_ranks(self.distributed)
         device = resolve_device(self.device, strict=True)
+        if ranks is not None:
+            device = ranks.device(device)
         if self.precision == "float16" and device.type != "cuda":
             raise ValueError(
                 f"precision='float16' needs a CUDA device; training runs on {device}. Use "
@@ -487,6 +503,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         rng_before = rng.get_state()
         try:
             seed = int(rng.randint(np.iinfo(np.int32).max))
+            if ranks is not None:  # rank 0's, once every process is known to hold the same X
+                seed = ranks.agree(seed, X)
             train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
             stats = self._stats if continued else channel_stats(X, layout)
             run = train_networks(
@@ -497,6 +515,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 device=device,
                 max_epochs=max_epochs,
                 fitted=self._fitted_state() if continued else None,
+                ranks=ranks,
             )
         except BaseException:
             # never keep a half-trained or NaN model: a first fit ends unfitted, a

@@ -308,7 +308,10 @@ class ShuffledBatches:
     its copy to the device can run asynchronously, and (``prefetch``, on by default with
     ``pin_memory``) the next batch is read in a thread while the device works on this one.
     With ``resident_on`` the whole dataset is copied to that device once and batches are
-    gathered there.
+    gathered there. With ``parts`` (data-parallel training: a function from a batch's size
+    to this process's part of it, :meth:`dimlearn.distributed.Ranks.part`) every process
+    draws the same batches and yields only its rows of each, with the part as the second
+    element; the processes' parts of an epoch are disjoint and together the whole epoch.
     """
 
     def __init__(
@@ -319,7 +322,9 @@ class ShuffledBatches:
         resident_on: torch.device | None = None,
         generator: torch.Generator | None = None,
         prefetch: bool | None = None,
+        parts=None,
     ):
+        self.parts = parts
         self.generator = generator  # a CPU generator for the shuffle (global RNG when None)
         self.dataset = dataset
         self.sizes = split_batches(len(dataset), batch_size)
@@ -341,20 +346,24 @@ class ShuffledBatches:
         bounds = np.cumsum([0, *self.sizes])
         # sorted rows read memory in order; the batch's content is what was drawn
         batches = [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        parts = [None] * len(batches)
+        if self.parts is not None:  # this process's rows of each batch
+            parts = [self.parts(len(rows)) for rows in batches]
+            batches = [rows[part.rows] for rows, part in zip(batches, parts, strict=True)]
         if self.resident is not None:
-            for rows in batches:
-                yield self.resident[torch.from_numpy(rows).to(self.resident.device)], None
+            for rows, part in zip(batches, parts, strict=True):
+                yield self.resident[torch.from_numpy(rows).to(self.resident.device)], part
         elif not self.prefetch:
-            for rows in batches:
-                yield self._host_batch(rows), None
+            for rows, part in zip(batches, parts, strict=True):
+                yield self._host_batch(rows), part
         else:
             with ThreadPoolExecutor(max_workers=1) as reader:
                 pending = reader.submit(self._host_batch, batches[0])
-                for following in [*batches[1:], None]:
+                for following, part in zip([*batches[1:], None], parts, strict=True):
                     batch = pending.result()
                     if following is not None:
                         pending = reader.submit(self._host_batch, following)
-                    yield batch, None
+                    yield batch, part
 
 
 class OrderedBatches:

@@ -16,15 +16,18 @@ from skorch import NeuralNet
 from skorch.callbacks import LRScheduler, PassthroughScoring, ProgressBar
 from skorch.history import History
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .callbacks import (
     BestEpochEarlyStopping,
     StopAtBatchEnd,
     StopRequest,
     TimeBudget,
+    WholeBatchSize,
     deferred_sigint,
     finish_history,
 )
+from .distributed import Ranks, data_parallel
 from .inputs import (
     ArrayBatches,
     Layout,
@@ -35,6 +38,7 @@ from .inputs import (
 )
 from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
 from .state import (
+    OPTIONAL_PARTS,
     drop_unused_parts,
     named_optimizer_state,
     parts_in_use,
@@ -95,12 +99,14 @@ class DeepInfomaxNet(NeuralNet):
     augment = False
     channels_last = False  # image batches in NHWC memory order (convolutions on CUDA)
     generator = None  # the training call's generator on the device (augmentation)
+    ranks = None  # the processes training together (data-parallel), or None
 
-    def model_input(self, raw: torch.Tensor, training: bool) -> torch.Tensor:
+    def model_input(self, raw: torch.Tensor, training: bool, part=None) -> torch.Tensor:
         """A raw batch (stored dtype, on the host) as model input on the net's device:
-        copied as it is stored, then standardised (and augmented) there."""
+        copied as it is stored, then standardised (and augmented) there. ``part``: which
+        rows of the whole batch these are (data-parallel training)."""
         x = self.prepare(raw.to(self.device, non_blocking=True))
-        x = random_crop_flip(x, self.generator) if training and self.augment else x
+        x = random_crop_flip(x, self.generator, part) if training and self.augment else x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     precision = "float32"
@@ -113,8 +119,12 @@ class DeepInfomaxNet(NeuralNet):
         return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
     def train_step_single(self, batch, **fit_params):
+        """One batch's forward and backward pass. In data-parallel training ``batch[1]`` is
+        this process's part of the batch; the loss is the whole batch's."""
         self._set_training(True)
-        Xi = self.model_input(batch[0], training=True)
+        part = batch[1]
+        plain_module(self).part = part
+        Xi = self.model_input(batch[0], training=True, part=part)
         with self.autocast():
             terms = self.module_(Xi, self.criterion_.active_terms)
             loss = self.criterion_(terms)
@@ -138,10 +148,13 @@ class DeepInfomaxNet(NeuralNet):
     def validation_step(self, batch, **fit_params):
         """The same weighted objective on a held-out batch, without gradients (eval mode)."""
         self._set_training(False)
+        plain_module(self).part = None  # every process scores whole held-out batches
         with torch.no_grad(), self.autocast():
             Xi = self.model_input(batch[0], training=False)
             terms = self.module_(Xi, self.criterion_.active_terms)
             loss = self.criterion_(terms)
+        if self.ranks is not None:  # the same in every process: early stopping agrees
+            loss = self.ranks.mean(loss)
         self._check_finite(loss, {n: v.item() for n, v in terms.items()}, "held-out")
         return {"loss": loss, "y_pred": None}
 
@@ -205,6 +218,7 @@ def build_net(
     valid_dataset=None,
     resident_on=None,
     generators=(None, None),
+    ranks=None,
 ):
     """A :class:`DeepInfomaxNet` around an already built module, ready for ``fit(dataset)``.
 
@@ -216,7 +230,9 @@ def build_net(
     state of the best epoch (:class:`~dimlearn.callbacks.BestEpochEarlyStopping`).
     ``lr_schedule="cosine"`` anneals the learning rate to 0 over ``max_epochs`` (skorch's
     ``LRScheduler`` with ``CosineAnnealingLR``). ``net.stop_request``, set by a Ctrl-C
-    during :func:`fit_net`, stops training at the end of a batch.
+    during :func:`fit_net`, stops training at the end of a batch. With ``ranks``
+    (:class:`~dimlearn.distributed.Ranks`) each process trains on its part of every batch
+    and only rank 0 prints.
     """
     stop_request = StopRequest()
     criterion = DeepInfomaxLoss(params["alpha"], params["beta"], params["gamma"], params["delta"])
@@ -238,7 +254,10 @@ def build_net(
     if params["max_time"] is not None:
         callbacks.append(("time_budget", TimeBudget(params["max_time"])))
     callbacks.append(("stop_request", StopAtBatchEnd(stop_request)))
-    if params["verbose"]:
+    verbose = int(params["verbose"]) if ranks is None or ranks.rank == 0 else 0
+    if ranks is not None:
+        callbacks.append(("whole_batch_size", WholeBatchSize()))
+    if verbose:
         callbacks.append(("progress_bar", ProgressBar()))
     net = DeepInfomaxNet(
         module,
@@ -251,14 +270,16 @@ def build_net(
         iterator_train__pin_memory=torch.device(device).type == "cuda",
         iterator_train__resident_on=resident_on,
         iterator_train__generator=generators[0],
+        iterator_train__parts=None if ranks is None else ranks.part,
         compile=bool(params["compile"]),
         iterator_valid=OrderedBatches,
         train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
         callbacks=callbacks,
         device=device,
-        verbose=int(params["verbose"]),
+        verbose=verbose,
     )
     net.stop_request = stop_request
+    net.ranks = ranks
     net.augment = bool(params["augment"])
     net.generator = generators[1]
     net.precision = params["precision"]
@@ -359,9 +380,10 @@ from the global CPU generator, which each fit seeds under a fork)."""
 
 
 def plain_module(net: DeepInfomaxNet) -> nn.Module:
-    """The net's module without the ``torch.compile`` wrapper (whose weights' names carry a
-    ``_orig_mod.`` prefix)."""
-    return getattr(net.module_, "_orig_mod", net.module_)
+    """The net's module without the ``torch.compile`` and ``DistributedDataParallel``
+    wrappers (whose weights' names carry ``_orig_mod.`` and ``module.`` prefixes)."""
+    module = getattr(net.module_, "_orig_mod", net.module_)
+    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 DEVICE_MEMORY_SHARE = 0.5
@@ -413,6 +435,7 @@ def train_networks(
     device: torch.device,
     max_epochs: int,
     fitted: FittedState | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainingCall:
     """One training call, start to end: build the networks for the dataset's layout from
     ``params``, continue from ``fitted`` if given, train, and return the module on the CPU
@@ -422,8 +445,14 @@ def train_networks(
     Raises :class:`NonFiniteLossError` if the loss stops being finite; nothing outside the
     returned object is changed (torch's global RNG included), so a caller that does not
     keep it is left as it was.
+
+    With ``ranks``, this process is one of several that train the same networks together
+    (:mod:`dimlearn.distributed`): each is passed the same dataset, params and seed, trains
+    on its part of every batch, and returns the same result.
     """
     used = parts_in_use(params["alpha"], params["gamma"], params["delta"], params["prior"])
+    if ranks is not None:
+        ranks.check_batches(split_batches(len(dataset), params["batch_size"]), params["batch_size"])
     # the call's randomness comes from generators it owns (shuffle on the host; code
     # samples, negatives and augmentation on the device); only the initial weights, which
     # nn.Module draws from the global generator, are drawn under a fork of the CPU one
@@ -441,6 +470,7 @@ def train_networks(
         valid_dataset=valid_dataset,
         resident_on=device if keeps_data_on_device(dataset, params, device) else None,
         generators=(host, on_device),
+        ranks=ranks,
     )
     net.prepare = dataset.prepare
     net.initialize()
@@ -450,10 +480,33 @@ def train_networks(
     try:
         if fitted is not None:
             restore_training_state(net, fitted, used)
-        fit_net(net, dataset)
+        if ranks is None:
+            fit_net(net, dataset)
+        else:
+            _fit_data_parallel(net, dataset, params, ranks, _untrained_parts(params, used))
     finally:
-        module.generator = None  # a generator is not part of the fitted model
+        module.generator = None  # neither is part of the fitted model
+        module.part = None
     module = drop_unused_parts(plain_module(net).to("cpu").eval(), used)
     kept = dict(module.named_parameters())
     state = named_optimizer_state(net.optimizer_, plain_module(net))
     return TrainingCall(module, {k: v for k, v in state.items() if k in kept}, net.history)
+
+
+def _untrained_parts(params: Mapping, used: set[str]) -> set[str]:
+    """Parts of the module that no term of this loss trains."""
+    local = {"local_critic"} if params["beta"] == 0 else set()
+    return (set(OPTIONAL_PARTS) - used) | local
+
+
+def _fit_data_parallel(net, dataset, params, ranks: Ranks, untrained: set[str]) -> None:
+    """:func:`fit_net` with the module wrapped in ``DistributedDataParallel`` (compiled
+    around the wrapper with ``compile=True``), unwrapped again afterwards."""
+    before = net.module_
+    device = torch.device(net.device)
+    with data_parallel(plain_module(net), ranks, device, untrained) as wrapped:
+        net.module_ = net.torch_compile(wrapped, "module") if params["compile"] else wrapped
+        try:
+            fit_net(net, dataset)
+        finally:
+            net.module_ = before

@@ -68,9 +68,9 @@ def test_the_training_step_goes_through_forward_with_raw_uint8_batches(monkeypat
         calls.append(tuple(names))
         return original_forward(self, x, names)
 
-    def model_input(self, raw, training):
+    def model_input(self, raw, training, part=None):
         raw_dtypes.append(raw.dtype)
-        return original_input(self, raw, training)
+        return original_input(self, raw, training, part)
 
     monkeypatch.setattr(DeepInfomaxModule, "forward", forward)
     monkeypatch.setattr(DeepInfomaxNet, "model_input", model_input)
