@@ -108,7 +108,7 @@ class Ranks:
                 local = int(os.environ.get("LOCAL_RANK", self.rank))
                 requested = torch.device("cuda", local % torch.cuda.device_count())
             torch.cuda.set_device(requested)
-        elif "gloo" not in self.backend:
+        elif not self._moves_cpu_tensors:
             raise ValueError(
                 f"The process group's backend is {self.backend!r}, which moves CUDA tensors "
                 "only, but training would run on the CPU. Use device='cuda' (one GPU per "
@@ -117,8 +117,14 @@ class Ranks:
         return requested
 
     @property
+    def _moves_cpu_tensors(self) -> bool:
+        # "nccl" alone moves CUDA tensors only; "gloo", "cpu:gloo,cuda:nccl" and the
+        # lazily chosen default of init_process_group() without a backend move both
+        return not ("nccl" in self.backend and "gloo" not in self.backend)
+
+    @property
     def _flag_device(self) -> torch.device:
-        if "gloo" in self.backend:
+        if self._moves_cpu_tensors:
             return torch.device("cpu")
         return torch.device("cuda", torch.cuda.current_device())
 
@@ -286,10 +292,20 @@ def frozen(module: nn.Module, parts: set[str]):
 def data_parallel(module: nn.Module, ranks: Ranks, device: torch.device, untrained: set[str]):
     """``module`` wrapped in ``DistributedDataParallel`` for the block, with synchronised
     BatchNorm and the ``untrained`` parts frozen; everything undone on leaving."""
-    with frozen(module, untrained), synchronised_batch_norm(module, ranks, device):
+    with (
+        frozen(module, untrained),
+        synchronised_batch_norm(module, ranks, device),
+        warnings.catch_warnings(),
+    ):
+        # a convolution over one input channel gets its weight's gradient with another
+        # stride on that size-1 axis, which is the same memory order: DDP warns, harmlessly
+        warnings.filterwarnings(
+            "ignore", r"(?s)Grad strides do not match bucket view.*grad\.sizes\(\) = \[\d+, 1, "
+        )
         wrapped = DistributedDataParallel(
             module,
             device_ids=[device.index] if device.type == "cuda" else None,
             process_group=ranks.group,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets
         )
         yield wrapped

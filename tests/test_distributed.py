@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
 from torch import nn
 
 import dimlearn
@@ -35,6 +36,7 @@ from dimlearn.inputs import ArrayBatches, ShuffledBatches, resolve_layout, split
 from dimlearn.networks import split_pairs
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+EXAMPLE = Path(__file__).parents[1] / "examples" / "distributed_fit.py"
 
 IMAGES = dict(
     width=4,
@@ -76,6 +78,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(script: Path, *args: str) -> str:
+    """Run ``script`` on 2 processes with torchrun, on 127.0.0.1 only; its output."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    env["GLOO_SOCKET_IFNAME"] = "lo0" if sys.platform == "darwin" else "lo"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        str(script),
+        *args,
+    ]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
 def _fit_here(case: dict) -> DeepInfomaxTransformer:
     X = np.load(case["data"])
     est = DeepInfomaxTransformer(**case["params"]).fit(X)
@@ -102,34 +136,7 @@ def two_process_run(tmp_path_factory):
         },
     }
     (tmp / "cases.json").write_text(json.dumps(cases))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
-    env["GLOO_SOCKET_IFNAME"] = "lo0" if sys.platform == "darwin" else "lo"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc-per-node=2",
-        "--master-addr=127.0.0.1",
-        f"--master-port={_free_port()}",
-        str(WORKER),
-        str(tmp / "cases.json"),
-        str(tmp),
-    ]
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
-    assert process.returncode == 0, output[-4000:]
+    _torchrun(WORKER, str(tmp / "cases.json"), str(tmp))
     torch.set_num_threads(1)  # as each worker
     results = {}
     for name, case in cases.items():
@@ -183,6 +190,24 @@ def test_two_processes_match_one_per_epoch_and_in_the_weights(two_process_run, c
         else:
             assert difference <= 2e-5, (name, difference)
     assert ranks[0] == ranks[1]  # every process ends with the same history
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_the_example_trains_on_two_processes_and_only_rank_zero_writes(tmp_path):
+    out = tmp_path / "dim.safetensors"
+    output = _torchrun(EXAMPLE, "--quick", "--out", str(out))
+    printed = [line for line in output.splitlines() if line.startswith(("fitted", "model"))]
+    assert printed == [
+        printed[0],
+        f"model written to {out}",
+    ], output[-3000:]
+    assert "by 2 process(es)" in printed[0]
+    model = dimlearn.load(out)
+    X = load_digits().images
+    one = DeepInfomaxTransformer(batch_size=128, random_state=0, max_epochs=2, width=8).fit(X)
+    np.testing.assert_allclose(model.loss_curve_, one.loss_curve_, rtol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dim.safetensors"]
 
 
 @pytest.mark.distributed

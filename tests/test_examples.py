@@ -45,6 +45,10 @@ EXPECTED = {
         r"best on dask: (?P<params>\{.*\})": 1,
         r"dask and serial searches agree: True": 1,
     },
+    "distributed_fit.py": {
+        r"fitted on (?P<n>\d+) images by 1 process\(es\) in (?P<seconds>\d+\.\d) s": 1,
+        r"loss per epoch: (?P<losses>-?\d+\.\d{4}(?:, -?\d+\.\d{4})*)": 1,
+    },
     "save_and_load.py": {
         r"saved digits_dim\.safetensors: (?P<mb>\d+\.\d\d) MB": 1,
         r"loaded model gives identical codes: True": 1,
@@ -130,8 +134,16 @@ def check_save_and_load(found):
     assert 0 < compact < full  # the training state (critics, Adam's moments) is extra
 
 
+def check_distributed_fit(found):
+    (fitted, losses) = found.values()
+    assert fitted[0]["n"] == "1797" and float(fitted[0]["seconds"]) >= 0
+    curve = [float(v) for v in losses[0]["losses"].split(", ")]
+    assert len(curve) == 2 and all(math.isfinite(v) for v in curve)  # --quick: 2 epochs
+
+
 CHECKS = {
     "quickstart.py": check_quickstart,
+    "distributed_fit.py": check_distributed_fit,
     "pipeline_and_search.py": check_pipeline_and_search,
     "grid_search.py": check_grid_search,
     "save_and_load.py": check_save_and_load,
