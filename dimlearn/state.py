@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 OPTIONAL_PARTS = ("global_critic", "local_local_critic", "prior_discriminator")
-"""Parts of a :class:`~dimlearn.networks.DeepInfomaxModule` kept only while a term uses them.
+"""Parts of a :class:`~dimlearn.infomax.DeepInfomaxModule` kept only while a term uses them.
 The encoder is what ``transform`` needs and the local critic what ``score`` reads; both are
 always kept."""
 

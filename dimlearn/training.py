@@ -28,6 +28,7 @@ from .callbacks import (
     finish_history,
 )
 from .distributed import Ranks, data_parallel
+from .infomax import DeepInfomaxModule
 from .inputs import (
     ArrayBatches,
     Layout,
@@ -36,7 +37,7 @@ from .inputs import (
     random_crop_flip,
     split_batches,
 )
-from .networks import ConvEncoder, DeepInfomaxModule, MLPEncoder
+from .networks import ConvEncoder, MLPEncoder
 from .state import (
     OPTIONAL_PARTS,
     drop_unused_parts,
@@ -85,7 +86,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class DeepInfomaxNet(NeuralNet):
-    """skorch ``NeuralNet`` that trains a :class:`~dimlearn.networks.DeepInfomaxModule`.
+    """skorch ``NeuralNet`` that trains a :class:`~dimlearn.infomax.DeepInfomaxModule`.
 
     The module returns the loss terms of a batch, the criterion weighs them, and the terms are
     recorded per batch so that :class:`~skorch.callbacks.PassthroughScoring` reports their

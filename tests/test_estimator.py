@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 import dimlearn.callbacks
 import dimlearn.estimator as estimator_module
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.networks import DeepInfomaxModule
+from dimlearn.infomax import DeepInfomaxModule
 from tests.conftest import small_images
 
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)

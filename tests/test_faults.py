@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from dimlearn import DeepInfomaxTransformer, NonFiniteLossError
-from dimlearn.networks import DeepInfomaxModule
+from dimlearn.infomax import DeepInfomaxModule
 
 FAST = dict(max_epochs=3, width=4, latent_dim=8, random_state=0)
 

@@ -11,9 +11,9 @@ from sklearn.model_selection import GridSearchCV
 
 from dimlearn import DeepInfomaxTransformer
 from dimlearn.estimator import SCORE_BATCH
+from dimlearn.infomax import DeepInfomaxModule
 from dimlearn.networks import (
     ConvEncoder,
-    DeepInfomaxModule,
     LocalLocalCritic,
     MLPEncoder,
     PriorDiscriminator,

@@ -57,7 +57,7 @@ def test_channel_stats_pairs_with_batches(digits):
 def test_the_training_step_goes_through_forward_with_raw_uint8_batches(monkeypatch):
     # torch.compile and data-parallel wrappers wrap forward: the step must call the module
     from dimlearn import DeepInfomaxTransformer
-    from dimlearn.networks import DeepInfomaxModule
+    from dimlearn.infomax import DeepInfomaxModule
     from dimlearn.training import DeepInfomaxNet
 
     calls, raw_dtypes = [], []
@@ -81,7 +81,8 @@ def test_the_training_step_goes_through_forward_with_raw_uint8_batches(monkeypat
 
 
 def test_forward_returns_the_loss_terms():
-    from dimlearn.networks import ConvEncoder, DeepInfomaxModule
+    from dimlearn.infomax import DeepInfomaxModule
+    from dimlearn.networks import ConvEncoder
 
     module = DeepInfomaxModule(ConvEncoder(1, 8, 8, 4, 4), latent_dim=4, critic_hidden=8).eval()
     x = torch.randn(6, 1, 8, 8)

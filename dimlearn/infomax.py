@@ -1,0 +1,151 @@
+"""The Deep InfoMax module: an encoder and its critics, turning a batch into the loss terms.
+
+The networks are in :mod:`dimlearn.networks`, the estimators and the prior in
+:mod:`dimlearn.objectives`; this module pairs codes with images (positives and in-batch
+negatives) and asks each critic and estimator for its term.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .networks import CRITICS, LocalLocalCritic, PriorDiscriminator, WholeBatch, split_pairs
+from .objectives import (
+    adversarial_prior_losses,
+    derangement,
+    global_mi_loss,
+    local_mi_loss,
+    prior_kl,
+    sample_code,
+)
+
+
+def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None, part=None):
+    """Critic scores of matched pairs ``(b, ...)`` and mismatched pairs ``(b, K, ...)`` for
+    the codes of this process's rows (``part``; all B rows by default).
+
+    Every code z_i is contrasted with its own image (positive) and with other images of the
+    batch: one, ``x_perm[i]`` (``negatives="shuffle"``, the seed's, K = 1), or all B - 1 of
+    them (``negatives="all"``, the DIM paper's). A sample is never its own negative.
+    """
+    part = part or WholeBatch(local_map.shape[0])
+    image_part, code_part = critic.embed(local_map, z)
+    images = part.gather(image_part)  # the negatives come from the whole batch
+    if negatives == "shuffle":
+        pos = critic.pair_scores(image_part, code_part)
+        return pos, critic.pair_scores(images[perm[part.rows]], code_part).unsqueeze(1)
+    # full[i, j] = T(x_j, z_i): row i holds every image scored against code i
+    return split_pairs(critic.all_pair_scores(images, code_part), part.start)
+
+
+class DeepInfomaxModule(nn.Module):
+    """Encoder plus critics; ``forward`` (= ``terms``) returns the loss terms of a batch.
+
+    Parameters
+    ----------
+    encoder : ConvEncoder or MLPEncoder
+    latent_dim : int
+    critic_hidden : int
+        Width of both critics' hidden layers (and of the dot critics' embeddings).
+    critic : {"concat", "dot"}
+    negatives : {"shuffle", "all"}
+    mi_estimator : {"jsd", "infonce", "dv"}
+    prior : {"kl", "kl_mean", "adversarial"}
+        How the "prior" term matches codes to N(0, I): KL summed or averaged over code
+        dimensions, or a discriminator (built only for ``"adversarial"``).
+    local_local : bool
+        Build the local-local critic (the ``"local_local"`` term).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        latent_dim: int,
+        critic_hidden: int,
+        critic: str = "concat",
+        negatives: str = "shuffle",
+        mi_estimator: str = "jsd",
+        prior: str = "kl",
+        local_local: bool = False,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        global_cls, local_cls = CRITICS[critic]
+        self.global_critic = global_cls(encoder.local_shape, latent_dim, critic_hidden)
+        self.local_critic = local_cls(encoder.local_shape, latent_dim, critic_hidden)
+        # optional parts are created after the others, so that adding them leaves the
+        # initial weights of the rest unchanged for a given seed
+        if local_local:
+            self.local_local_critic = LocalLocalCritic(encoder.local_shape, critic_hidden)
+        if prior == "adversarial":
+            self.prior_discriminator = PriorDiscriminator(latent_dim, critic_hidden)
+        self.negatives = negatives
+        self.mi_estimator = mi_estimator
+        self.prior = prior
+
+    generator: torch.Generator | None = None
+    """Where code samples, negatives and prior samples are drawn from during training (set
+    by the training call, which owns it; torch's global RNG when None)."""
+
+    part: WholeBatch | None = None
+    """The rows of the batch this process holds, in data-parallel training (set by the
+    training step; None: the whole batch)."""
+
+    def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The training step's loss terms: :meth:`terms`. Training calls the module itself,
+        so that ``torch.compile`` and data-parallel wrappers, which wrap ``forward``, wrap
+        the whole step; the code means come from ``encoder.features``."""
+        return self.terms(x, names)
+
+    def terms(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The requested loss terms (``"global"``, ``"local"``, ``"local_local"``,
+        ``"prior"``) on one batch.
+
+        Terms whose weight is zero are not requested, so their critics cost nothing. In
+        data-parallel training ``x`` is this process's part of the batch (:attr:`part`);
+        every term is still the whole batch's, identical in every process.
+        """
+        part = self.part or WholeBatch(x.shape[0])
+        local_map, mu, logvar = self.encoder(x)
+        out = {}
+        needs_z = "global" in names or "local" in names
+        needs_perm = needs_z or "local_local" in names
+        draw = self.generator
+
+        def normal_draws():  # N(0, I) for the whole batch, this process's rows of it
+            shape = (part.total, mu.shape[1])
+            return torch.randn(shape, generator=draw, device=mu.device, dtype=mu.dtype)[part.rows]
+
+        z = None
+        if needs_z or self.prior == "adversarial":
+            z = sample_code(mu, logvar, noise=normal_draws())
+        perm = None
+        if needs_perm and self.negatives == "shuffle":
+            perm = derangement(part.total, device=x.device, generator=draw)
+        for name, critic, loss in (
+            ("global", self.global_critic, global_mi_loss),
+            ("local", self.local_critic, local_mi_loss),
+        ):
+            if name in names:
+                pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
+                out[name] = loss(part.gather(pos), part.gather(neg), self.mi_estimator)
+        if "local_local" in names:
+            pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm, part)
+            out["local_local"] = local_mi_loss(
+                part.gather(pos), part.gather(neg), self.mi_estimator
+            )
+        if "prior" in names:
+            if self.prior == "adversarial":
+                disc = self.prior_discriminator
+                samples = normal_draws()
+                d_loss, g_loss = adversarial_prior_losses(
+                    part.gather(disc(samples)),
+                    part.gather(disc(z.detach())),
+                    part.gather(disc.frozen(z)),
+                )
+                out["prior"] = d_loss + g_loss
+            else:
+                reduction = "mean" if self.prior == "kl_mean" else "sum"
+                out["prior"] = prior_kl(part.gather(mu), part.gather(logvar), reduction)
+        return out
