@@ -33,17 +33,20 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+try:  # torch >= 2.12: functional collectives (also traceable by torch.compile)
+    from torch.distributed._functional_collectives import all_gather_single
+except ImportError:  # older torch: the autograd-aware all-gather of torch.distributed.nn
+    all_gather_single = None
+
 
 def _all_gather_rows(tensor: torch.Tensor, group) -> torch.Tensor:
     """Concatenate ``tensor`` from every process along dim 0, with autograd: the backward
     pass sums the gradients every process computed for each process's rows."""
-    try:  # torch >= 2.12: functional collectives (also traceable by torch.compile)
-        from torch.distributed._functional_collectives import all_gather_single
-    except ImportError:  # older torch: the autograd-aware all-gather of torch.distributed.nn
-        from torch.distributed.nn.functional import all_gather
+    if all_gather_single is not None:
+        return all_gather_single(tensor.contiguous(), 0, group)
+    from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(tensor.contiguous(), group=group))
-    return all_gather_single(tensor.contiguous(), 0, group)
+    return torch.cat(all_gather(tensor.contiguous(), group=group))
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
