@@ -79,7 +79,19 @@ def _free_port() -> int:
 
 
 def _torchrun(script: Path, *args: str) -> str:
-    """Run ``script`` on 2 processes with torchrun, on 127.0.0.1 only; its output."""
+    """Run ``script`` on 2 processes with torchrun, on 127.0.0.1 only; its output. A failed
+    launch is tried once more on a new port (a free port can be taken between choosing it
+    and torchrun binding it); a real failure fails twice and its output is shown."""
+    outputs = []
+    for _ in range(2):
+        returncode, output = _launch(script, *args)
+        if returncode == 0:
+            return output
+        outputs.append(output[-3000:])
+    raise AssertionError("\n---- second try ----\n".join(outputs))
+
+
+def _launch(script: Path, *args: str) -> tuple[int, str]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
     env["GLOO_SOCKET_IFNAME"] = "lo0" if sys.platform == "darwin" else "lo"
     command = [
@@ -106,8 +118,7 @@ def _torchrun(script: Path, *args: str) -> str:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
-    assert process.returncode == 0, output[-4000:]
-    return output
+    return process.returncode, output
 
 
 def _fit_here(case: dict) -> DeepInfomaxTransformer:
