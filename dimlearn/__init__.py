@@ -1,6 +1,6 @@
 """dimlearn: Deep InfoMax feature learning as a scikit-learn transformer."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .estimator import DeepInfomaxTransformer  # noqa: E402
 from .images import load_images  # noqa: E402

@@ -21,7 +21,7 @@ from .devices import on_device, resolve_device
 from .distributed import training_ranks
 from .inference import encode, local_mi_score
 from .inputs import ArrayBatches, channel_stats, resolve_layout
-from .training import FittedState, train_networks
+from .training import FittedState, rebuild_module, train_networks
 
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
@@ -40,6 +40,9 @@ _FITTED_ATTRIBUTES = (
     "layout_",
     "_device_copy",
 )
+_PICKLE_FORMAT = 2
+"""Marks pickles of dimlearn 0.3 and later; a pickle without it (dimlearn 0.2) has biases
+before its BatchNorm layers, which unpickling folds away."""
 SCORE_BATCH = 128
 """Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
 127 other images, so the score is at most ``log(128)`` = 4.85 nats."""
@@ -652,7 +655,21 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_device_copy", None)
+        state["_pickle_format"] = _PICKLE_FORMAT
         return state
+
+    def __setstate__(self, state):
+        if "module_" in state and "_pickle_format" not in state:  # pickled by dimlearn 0.2
+            state = dict(state)
+            params = {name: state[name] for name in self._get_param_names()}
+            state["module_"], folded = rebuild_module(
+                params, state["layout_"], state["module_"].state_dict()
+            )
+            moments = state.get("_optimizer_state")
+            if moments is not None:
+                state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
+        state.pop("_pickle_format", None)
+        super().__setstate__(state)
 
     @property
     def _n_features_out(self) -> int:

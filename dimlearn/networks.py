@@ -74,8 +74,8 @@ def conv_plan(height: int, width_px: int) -> list[dict]:
     return plan
 
 
-def _conv(n_in: int, n_out: int, layer: dict) -> nn.Conv2d:
-    return nn.Conv2d(n_in, n_out, layer["kernel"], layer["stride"], layer["padding"])
+def _conv(n_in: int, n_out: int, layer: dict, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, layer["kernel"], layer["stride"], layer["padding"], bias=bias)
 
 
 class _Encoder(nn.Module):
@@ -104,7 +104,10 @@ class ConvEncoder(_Encoder):
     -> (mu, logvar). At ``width=64`` on 32x32 images this is the reference network:
     conv 64-128-256, fc 1024, local MI on the 8x8x128 map. On images under 16 pixels a side,
     convolutions that would shrink the local map below 4x4 keep the side instead (3x3, stride
-    1): see :func:`conv_plan`.
+    1): see :func:`conv_plan`. The layers directly before a BatchNorm have no bias: the
+    normalisation subtracts it again, so its true gradient is 0, and Adam would turn the
+    float noise in that gradient into steps of about ``lr`` that differ from one summation
+    order (thread count, processor, number of processes) to the next.
 
     Examples
     --------
@@ -122,16 +125,16 @@ class ConvEncoder(_Encoder):
         self.to_local = nn.Sequential(
             _conv(in_channels, width, first),
             nn.ReLU(),
-            _conv(width, 2 * width, second),
+            _conv(width, 2 * width, second, bias=False),
             nn.BatchNorm2d(2 * width),
             nn.ReLU(),
         )
         self.to_fc = nn.Sequential(
-            _conv(2 * width, 4 * width, third),
+            _conv(2 * width, 4 * width, third, bias=False),
             nn.BatchNorm2d(4 * width),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(4 * width * last_positions, 16 * width),
+            nn.Linear(4 * width * last_positions, 16 * width, bias=False),
             nn.BatchNorm1d(16 * width),
             nn.ReLU(),
         )
@@ -144,6 +147,46 @@ class ConvEncoder(_Encoder):
         local_map = self.to_local(x)
         mu, logvar = self.to_code(self.to_fc(local_map)).chunk(2, dim=1)
         return local_map, mu, logvar
+
+
+def batch_norm_pairs(module: nn.Module):
+    """``(layer, batch_norm)`` names of every layer directly followed by a BatchNorm layer
+    in a ``Sequential`` of ``module`` (state-dict prefixes, e.g. ``"encoder.to_fc.0"``)."""
+    for prefix, sequence in module.named_modules():
+        if isinstance(sequence, nn.Sequential):
+            children = list(sequence.named_children())
+            for (name, _), (bn_name, after) in zip(children, children[1:], strict=False):
+                if isinstance(after, nn.modules.batchnorm._BatchNorm):
+                    dot = f"{prefix}." if prefix else ""
+                    yield f"{dot}{name}", f"{dot}{bn_name}"
+
+
+def fold_biases_into_batch_norm(state: dict, module: nn.Module) -> list[str]:
+    """Make a state dict of networks built before dimlearn 0.3 fit ``module``: a bias of a
+    layer directly before a BatchNorm layer (which ``module`` builds without one) is folded
+    into that BatchNorm layer's running mean, in place. In eval mode
+    ``BN(W x + b)`` with running mean ``m`` equals ``BN(W x)`` with running mean ``m - b``
+    (up to the rounding of one float subtraction); in training mode BatchNorm subtracts the
+    batch mean, which removes ``b`` anyway. Returns the names of the biases folded.
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = MLPEncoder(n_features=3, latent_dim=2, width=1)
+    >>> old = {**enc.state_dict(), "to_fc.0.bias": torch.ones(4)}
+    >>> fold_biases_into_batch_norm(old, enc), old["to_fc.1.running_mean"].tolist()
+    (['to_fc.0.bias'], [-1.0, -1.0, -1.0, -1.0])
+    """
+    folded = []
+    for layer, batch_norm in batch_norm_pairs(module):
+        bias = state.get(f"{layer}.bias")
+        mean = state.get(f"{batch_norm}.running_mean")
+        if bias is None or mean is None or module.get_submodule(layer).bias is not None:
+            continue
+        state[f"{batch_norm}.running_mean"] = mean - bias
+        del state[f"{layer}.bias"]
+        folded.append(f"{layer}.bias")
+    return folded
 
 
 class MLPEncoder(_Encoder):
@@ -161,7 +204,9 @@ class MLPEncoder(_Encoder):
         hidden = 4 * width
         self.local_shape = (hidden, 1, 1)
         self.to_local = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU())
-        self.to_fc = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.to_fc = nn.Sequential(
+            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU()
+        )
         self.to_code = code_head(hidden, latent_dim)
         self.feature_dims = {"conv": hidden, "fc": hidden, "code": latent_dim}
 

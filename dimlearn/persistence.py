@@ -4,8 +4,9 @@ A model file is one safetensors file. Its tensors are the network weights (and, 
 ``include_training_state=True``, every critic in use and Adam's moments); its header's
 metadata holds one JSON document with everything else: the estimator's parameters, the
 fitted input statistics and sample layout, the training history as plain numbers, the
-versions that wrote it, a format version, and a checksum of the weights. Reading it parses
-JSON and copies raw numbers into tensors: nothing in a model file can run code.
+versions that wrote it, a format version, and a SHA-256 over the description and the
+weights. Reading it checks that checksum before anything is built, parses JSON and copies
+raw numbers into tensors: nothing in a model file can run code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -24,12 +26,17 @@ from skorch.history import History
 
 from .estimator import DeepInfomaxTransformer
 from .inputs import Layout
+from .networks import fold_biases_into_batch_norm
 from .state import OPTIONAL_PARTS
 from .training import build_module
 
 FORMAT_NAME = "dimlearn.model"
-FORMAT_VERSION = 1
-"""Written into every file; :func:`load` reads files of this version and older."""
+FORMAT_VERSION = 2
+"""Written into every file; :func:`load` reads files of this version and older.
+
+1 (dimlearn 0.2): the checksum covers the weights only; the encoder's layers before a
+BatchNorm have biases, which :func:`load` folds into the BatchNorm's running mean.
+2 (dimlearn 0.3): the checksum covers the description (JSON) and the weights."""
 
 ALWAYS_SAVED = ("encoder", "local_critic")
 """What ``transform`` (the encoder) and ``score`` (the local critic) need."""
@@ -95,11 +102,12 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
                 tensors[f"optimizer.{name}.{key}"] = value.detach().to("cpu").contiguous()
         payload["random_state_"] = _rng_to_json(estimator.random_state_)
     payload["training_state"] = include_training_state
-    payload["weights_sha256"] = _digest(tensors)
+    description = json.dumps(payload, default=_plain)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "dimlearn": json.dumps(payload, default=_plain),
+        "dimlearn": description,
+        "sha256": _digest(tensors, f"{FORMAT_VERSION}|{description}"),
     }
     data = to_bytes(tensors, metadata=metadata)
     path = Path(path)
@@ -147,28 +155,42 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
             f"format={FORMAT_NAME!r}). dimlearn.load reads files written by dimlearn.save."
         )
     version = metadata.get("format_version", "")
-    if not version.isdigit():
-        raise ModelFileError(f"{path}: the format version {version!r} is not a number.")
+    if not (isinstance(version, str) and re.fullmatch("[1-9][0-9]{0,5}", version)):
+        raise ModelFileError(f"{path}: the format version {version!r} is not a version number.")
     if int(version) > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} was written by a newer dimlearn (model format {version}; this dimlearn "
             f"{_dimlearn_version()} reads up to {FORMAT_VERSION}). Upgrade dimlearn to load it."
         )
+    version = int(version)
+    tensors = _read_tensors(data, path)
+    description = metadata.get("dimlearn")
+    if version >= 2:  # the checksum covers everything that decides what the model computes
+        signed = isinstance(description, str) and metadata.get("sha256") == _digest(
+            tensors, f"{version}|{description}"
+        )
+        if not signed:
+            raise ModelFileError(
+                f"{path}: the description or the weights do not match the checksum written "
+                "with them: the file was altered or damaged after it was saved. Save or copy "
+                "the model again."
+            )
     try:
-        payload = json.loads(metadata["dimlearn"])
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        payload = json.loads(description)
+    except (TypeError, json.JSONDecodeError) as error:
         raise ModelFileError(
             f"{path}: the model description (JSON) is missing or not valid JSON ({error}). "
             "The file was edited or damaged; save the model again."
         ) from None
-    tensors = _read_tensors(data, path)
-    if not isinstance(payload, dict) or payload.get("weights_sha256") != _digest(tensors):
+    if version == 1 and (
+        not isinstance(payload, dict) or payload.get("weights_sha256") != _digest(tensors)
+    ):
         raise ModelFileError(
             f"{path}: the weights do not match the checksum written with them: the file was "
             "altered or damaged after it was saved. Save or copy the model again."
         )
     try:
-        estimator = _rebuild(payload, tensors)
+        estimator = _rebuild(payload, tensors, version)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
@@ -241,9 +263,13 @@ def _rng_to_json(rng: np.random.RandomState) -> dict:
     }
 
 
-def _digest(tensors: dict) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+def _digest(tensors: dict, description: str | None = None) -> str:
+    """SHA-256 over ``description`` (when given) and every tensor's name, dtype, shape and
+    bytes, in name order."""
     digest = hashlib.sha256()
+    if description is not None:
+        text = description.encode("utf-8", "surrogatepass")
+        digest.update(len(text).to_bytes(8, "little") + text)
     for name in sorted(tensors):
         tensor = tensors[name]
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -311,7 +337,7 @@ def _read_tensors(data: bytes, path: Path) -> dict:
         ) from None
 
 
-def _rebuild(payload: dict, tensors: dict) -> DeepInfomaxTransformer:
+def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransformer:
     """A fitted estimator from a file's JSON and tensors, every field checked."""
     if payload["estimator"] != DeepInfomaxTransformer.__name__:
         raise ModelFileError(f"it holds a {payload['estimator']!r}, not a DeepInfomaxTransformer")
@@ -335,7 +361,7 @@ def _rebuild(payload: dict, tensors: dict) -> DeepInfomaxTransformer:
     if (scale <= 0).any():
         raise ModelFileError("input_scale_ holds values <= 0")
 
-    module = _module_from_tensors(params, layout, tensors)
+    module, folded = _module_from_tensors(params, layout, tensors, version)
     state = {
         "module_": module,
         "sample_shape_": sample_shape,
@@ -353,7 +379,7 @@ def _rebuild(payload: dict, tensors: dict) -> DeepInfomaxTransformer:
             raise ModelFileError("feature_names_in_ has the wrong length")
         state["feature_names_in_"] = np.asarray(names, dtype=object)
     if payload["training_state"]:
-        state["_optimizer_state"] = _optimizer_state_from_tensors(module, tensors)
+        state["_optimizer_state"] = _optimizer_state_from_tensors(module, tensors, folded)
         state["random_state_"] = _rng_from_json(payload["random_state_"])
     estimator.__dict__.update(state)
     return estimator
@@ -376,8 +402,9 @@ def _layout_from_json(raw: dict) -> Layout:
     return Layout(kind, sample_shape, image_shape, raw["channels_last"])
 
 
-def _module_from_tensors(params: dict, layout: Layout, tensors: dict) -> torch.nn.Module:
-    """Build the networks the parameters describe and fill them with the file's weights."""
+def _module_from_tensors(params: dict, layout: Layout, tensors: dict, version: int):
+    """Build the networks the parameters describe and fill them with the file's weights;
+    also the names of the weights of an older format that were folded into others."""
     weights = {k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")}
     parts = {key.split(".")[0] for key in weights}
     missing_parts = set(ALWAYS_SAVED) - parts
@@ -394,6 +421,7 @@ def _module_from_tensors(params: dict, layout: Layout, tensors: dict) -> torch.n
             setattr(module, part, None)
         elif getattr(module, part, None) is None:
             raise ModelFileError(f"it holds {part} weights that its parameters do not use")
+    folded = fold_biases_into_batch_norm(weights, module) if version == 1 else []
     expected = module.state_dict()
     wrong = sorted(
         f"{key} is {tuple(weights[key].shape) if key in weights else 'missing'} in the file, "
@@ -411,16 +439,18 @@ def _module_from_tensors(params: dict, layout: Layout, tensors: dict) -> torch.n
             f"{' ...' if len(wrong) + len(extra) > 3 else ''}"
         )
     module.load_state_dict(weights)
-    return module.eval()
+    return module.eval(), folded
 
 
-def _optimizer_state_from_tensors(module, tensors: dict) -> dict:
+def _optimizer_state_from_tensors(module, tensors: dict, folded=()) -> dict:
     params = dict(module.named_parameters())
     state: dict = {}
     for key, value in tensors.items():
         if not key.startswith("optimizer."):
             continue
         name, _, field = key.removeprefix("optimizer.").rpartition(".")
+        if name in folded:  # Adam's moments of a weight that no longer exists
+            continue
         if name not in params:
             raise ModelFileError(f"optimiser state for an unknown weight {name!r}")
         if field != "step" and value.shape != params[name].shape:

@@ -37,7 +37,7 @@ from .inputs import (
     random_crop_flip,
     split_batches,
 )
-from .networks import ConvEncoder, MLPEncoder
+from .networks import ConvEncoder, MLPEncoder, fold_biases_into_batch_norm
 from .state import (
     OPTIONAL_PARTS,
     drop_unused_parts,
@@ -208,6 +208,25 @@ def build_module(params: Mapping, layout: Layout) -> DeepInfomaxModule:
         prior=params["prior"],
         local_local=params["delta"] > 0,
     )
+
+
+def rebuild_module(params: Mapping, layout: Layout, module_state: dict) -> tuple:
+    """The networks of ``params`` and ``layout`` holding ``module_state`` (a ``state_dict``
+    that may lack optional parts, or come from dimlearn 0.2, whose layers before a BatchNorm
+    had biases: those are folded into the BatchNorm, see
+    :func:`~dimlearn.networks.fold_biases_into_batch_norm`). Returns the module (on the CPU,
+    in eval mode) and the names of the folded biases."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # every weight is overwritten below
+        module = build_module(params, layout)
+    state = dict(module_state)
+    present = {key.split(".")[0] for key in state}
+    for part in OPTIONAL_PARTS:
+        if part not in present:
+            setattr(module, part, None)
+    folded = fold_biases_into_batch_norm(state, module)
+    module.load_state_dict(state)
+    return module.eval(), folded
 
 
 def build_net(

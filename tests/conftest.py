@@ -20,3 +20,28 @@ def digit_images(digits):
 def small_images(n=24, shape=(8, 8), seed=0, dtype=np.uint8):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, *shape)).astype(dtype)
+
+
+# -- tolerances for results that depend on the order of float32 sums --------------------
+#
+# Two runs of the same computation may add the same float32 numbers in another order: other
+# thread counts split a reduction differently, another processor (AVX2 or AVX-512, Intel or
+# AMD) uses another vector width, and data-parallel training sums gathered parts. Nothing
+# else differs in the comparisons that use these bounds. One float32 sum of n terms is then
+# off by at most n * 2**-24 relative to the size of its terms (the classic worst case,
+# Higham, "Accuracy and Stability of Numerical Algorithms", 4.2); the tiny test networks
+# never sum more than 2**14 terms in one reduction (batch x positions x channels).
+UNIT_ROUNDOFF = 2.0**-24
+LARGEST_SUM = 2**14
+SUM_ROUNDING = LARGEST_SUM * UNIT_ROUNDOFF  # 2**-10, about 1e-3: one sum, worst case
+ADAM_STEP = 0.1 / 0.001**0.5
+"""Adam's largest step, in units of lr: (1 - beta1) / sqrt(1 - beta2) = 3.16 at the default
+betas (Kingma and Ba 2015, section 2.1)."""
+
+
+def weight_tolerance(steps: int, lr: float) -> float:
+    """How far two trainings whose gradients differ by summation order alone can move apart
+    in any weight after ``steps`` Adam steps. Adam's step is invariant to the gradient's
+    scale, so a relative gradient difference d changes a step by at most 2 d times its
+    largest size, ADAM_STEP * lr; the differences of the steps add up."""
+    return steps * 2 * SUM_ROUNDING * ADAM_STEP * lr

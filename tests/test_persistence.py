@@ -1,6 +1,7 @@
 """Model files: dimlearn.save / dimlearn.load (safetensors + JSON, never pickle), and pickles
 that keep only the weights something uses."""
 
+import copy
 import json
 import pickle
 import warnings
@@ -15,7 +16,8 @@ from safetensors.torch import save_file
 from sklearn.exceptions import NotFittedError
 
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
-from dimlearn.persistence import FORMAT_VERSION
+from dimlearn.networks import batch_norm_pairs
+from dimlearn.persistence import FORMAT_VERSION, _digest
 
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
 
@@ -38,13 +40,18 @@ def read_file(path):
     return tensors, metadata
 
 
-def rewrite(path, tensors, metadata, edit=None):
-    """Write a copy of a model file with its JSON description changed by ``edit``."""
+def rewrite(path, tensors, metadata, edit=None, sign=True):
+    """Write a copy of a model file with its JSON description changed by ``edit``; with
+    ``sign``, the checksum is made to match again (a forger's file, which must still be
+    refused when it makes no sense)."""
     metadata = dict(metadata)
     if edit is not None:
         payload = json.loads(metadata["dimlearn"])
         edit(payload)
         metadata["dimlearn"] = json.dumps(payload)
+    if sign:
+        version = metadata["format_version"]
+        metadata["sha256"] = _digest(tensors, f"{version}|{metadata['dimlearn']}")
     save_file(tensors, str(path), metadata=metadata)
     return path
 
@@ -221,7 +228,183 @@ def test_weights_changed_after_saving_fail_the_checksum(model_file, tmp_path):
     key = next(k for k in tensors if k.endswith("weight"))
     tensors[key] = tensors[key] + 1.0
     with pytest.raises(ModelFileError, match="do not match the checksum"):
-        load(rewrite(tmp_path / "altered.safetensors", tensors, metadata))
+        load(rewrite(tmp_path / "altered.safetensors", tensors, metadata, sign=False))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: p["fitted"]["input_mean_"].__setitem__(0, p["fitted"]["input_mean_"][0] + 1),
+        lambda p: p["fitted"]["input_scale_"].__setitem__(0, 2.0),
+        lambda p: p["params"].update(feature_level="fc"),
+        lambda p: p["fitted"].update(n_iter_=3),
+    ],
+)
+def test_a_description_changed_after_saving_fails_the_checksum(model_file, tmp_path, edit):
+    tensors, metadata = read_file(model_file)
+    edited = rewrite(tmp_path / "edited.safetensors", tensors, metadata, edit, sign=False)
+    with pytest.raises(ModelFileError, match="description or the weights do not match"):
+        load(edited)
+
+
+def _corruptions(data: bytes, rng):
+    """Damaged copies of a model file: every digit of every number in its header changed
+    once, random bit flips and byte changes in the data part, truncations, appended bytes."""
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    for i in range(8, header_end):
+        if chr(data[i]).isdigit():
+            digit = int(chr(data[i]))
+            other = str((digit + 1 + int(rng.integers(9))) % 10).encode()
+            yield f"digit {i}", data[:i] + other + data[i + 1 :]
+    for _ in range(200):
+        i = int(rng.integers(header_end, len(data)))
+        flipped = data[i] ^ (1 << int(rng.integers(8)))
+        yield f"bit {i}", data[:i] + bytes([flipped]) + data[i + 1 :]
+    for _ in range(100):
+        i = int(rng.integers(0, len(data)))
+        yield f"byte {i}", data[:i] + bytes([int(rng.integers(256))]) + data[i + 1 :]
+    for cut in rng.integers(0, len(data), 50):
+        yield f"cut {cut}", data[: int(cut)]
+    for extra in (b"\0", b"junk", bytes(rng.integers(0, 256, 1000, dtype=np.uint8))):
+        yield f"appended {len(extra)}", data + extra
+
+
+def test_a_damaged_file_is_refused_or_gives_the_same_codes(fitted, model_file, tmp_path):
+    dim, X = fitted
+    expected = dim.transform(X[:50])
+    data = model_file.read_bytes()
+    damaged = tmp_path / "damaged.safetensors"
+    outcomes = {"refused": 0, "same codes": 0}
+    for what, corrupt in _corruptions(data, np.random.default_rng(0)):
+        damaged.write_bytes(corrupt)
+        try:
+            loaded = load(damaged)
+        except ModelFileError:
+            outcomes["refused"] += 1
+            continue
+        assert np.array_equal(loaded.transform(X[:50]), expected), what
+        outcomes["same codes"] += 1
+    assert outcomes["refused"] > 1000, outcomes  # nearly every header digit matters
+
+
+# -- files and pickles of dimlearn 0.2 ------------------------------------------------------
+
+
+def _with_biases_before_batch_norm(module, seed=0):
+    """A copy of ``module`` as dimlearn 0.2 built it: a bias in every layer before a
+    BatchNorm layer (random here), and running means that have tracked those biases, so
+    that both compute the same codes in eval mode."""
+    old = copy.deepcopy(module)
+    generator = torch.Generator().manual_seed(seed)
+    for layer_name, norm_name in batch_norm_pairs(old):
+        layer, norm = old.get_submodule(layer_name), old.get_submodule(norm_name)
+        bias = torch.randn(norm.num_features, generator=generator)
+        layer.bias = torch.nn.Parameter(bias)
+        norm.running_mean += bias
+    return old
+
+
+def _write_format_1(path, estimator, module, include_training_state=False):
+    """A model file as dimlearn 0.2's save wrote it: format 1, the checksum over the
+    weights only, kept inside the description as ``weights_sha256``."""
+    from dimlearn.persistence import _describe, _rng_to_json
+
+    tensors = {
+        f"module.{key}": value.detach().contiguous()
+        for key, value in module.state_dict().items()
+        if include_training_state or key.split(".")[0] in ("encoder", "local_critic")
+    }
+    payload = _describe(estimator)
+    if include_training_state:
+        for name, state in estimator._optimizer_state.items():
+            for key, value in state.items():
+                tensors[f"optimizer.{name}.{key}"] = value
+        for layer, _ in batch_norm_pairs(module):  # 0.2 kept Adam's moments of the biases
+            for key in ("exp_avg", "exp_avg_sq"):
+                tensors[f"optimizer.{layer}.bias.{key}"] = torch.zeros_like(
+                    module.get_submodule(layer).bias
+                )
+            tensors[f"optimizer.{layer}.bias.step"] = torch.tensor(2.0)
+        payload["random_state_"] = _rng_to_json(estimator.random_state_)
+    payload["training_state"] = include_training_state
+    payload["weights_sha256"] = _digest(tensors)
+    metadata = {"format": "dimlearn.model", "format_version": "1", "dimlearn": json.dumps(payload)}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _old_codes(module, X, dim):
+    from dimlearn.inference import encode
+    from dimlearn.inputs import ArrayBatches
+
+    data = ArrayBatches(X, dim.layout_, dim.input_mean_, dim.input_scale_)
+    return encode(module.eval(), data, 512, torch.device("cpu"))
+
+
+# Folding a bias into the running mean changes one float32 subtraction per value,
+# (W x + b) - m against W x - (m - b): each rounds to within 2**-24 of the larger operand.
+# Through the rest of the encoder that stays far below 1e-5 of the codes' size.
+FOLD_TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("kind", ["images", "tabular"])
+@pytest.mark.parametrize("include_training_state", [False, True])
+def test_a_file_of_dimlearn_0_2_loads_to_the_same_codes(
+    digit_images, tmp_path, kind, include_training_state
+):
+    X, _ = digit_images
+    X = X[:120] if kind == "images" else X[:120].reshape(120, -1)
+    dim = DeepInfomaxTransformer(**FAST, alpha=0.5).fit(X)
+    old = _with_biases_before_batch_norm(dim.module_)
+    expected = _old_codes(old, X, dim)
+    path = _write_format_1(tmp_path / "old.safetensors", dim, old, include_training_state)
+    loaded = load(path)
+    codes = loaded.transform(X)
+    np.testing.assert_allclose(codes, expected, atol=FOLD_TOLERANCE * np.abs(expected).max())
+    assert not np.array_equal(codes, dim.transform(X))  # the folded biases are in there
+    assert loaded.module_.state_dict().keys() == (
+        dim.module_.state_dict().keys()
+        if include_training_state
+        else {k for k in dim.module_.state_dict() if not k.startswith("global_critic")}
+    )
+    if include_training_state:  # it trains on, Adam's moments and all, without a warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loaded.set_params(warm_start=True, max_epochs=1).fit(X)
+        assert loaded.n_iter_ == dim.n_iter_ + 1
+
+
+def test_a_pickle_of_dimlearn_0_2_loads_to_the_same_codes_and_trains_on(digit_images):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**FAST).fit(X[:120])
+    old = _with_biases_before_batch_norm(dim.module_)
+    expected = _old_codes(old, X[:120], dim)
+    state = dim.__getstate__()
+    del state["_pickle_format"]  # what dimlearn 0.2 pickled: the module with its biases
+    state["module_"] = old
+    state["_optimizer_state"] = {
+        **state["_optimizer_state"],
+        **{f"{layer}.bias": {} for layer, _ in batch_norm_pairs(old)},
+    }
+    unpickled = pickle.loads(pickle.dumps(_Pickled(state)))
+    codes = unpickled.transform(X[:120])
+    np.testing.assert_allclose(codes, expected, atol=FOLD_TOLERANCE * np.abs(expected).max())
+    unpickled.set_params(warm_start=True, max_epochs=1).fit(X[:120])
+    assert unpickled.n_iter_ == dim.n_iter_ + 1
+
+
+class _Pickled:
+    """Pickles as a DeepInfomaxTransformer holding ``state``, the way pickle rebuilds one."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (_new_estimator, (), self.state)
+
+
+def _new_estimator():
+    return DeepInfomaxTransformer.__new__(DeepInfomaxTransformer)
 
 
 def test_other_files_are_not_dimlearn_models(tmp_path):
@@ -267,14 +450,9 @@ def test_a_pickle_payload_in_place_of_the_weights_is_never_unpickled(model_file,
     tensors, metadata = read_file(model_file)
     key = sorted(tensors)[0]
     tensors[key] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    inside = rewrite(tmp_path / "inside.safetensors", tensors, metadata)
+    inside = rewrite(tmp_path / "inside.safetensors", tensors, metadata, sign=False)
     # 3. the same, with the checksum made to match, so that loading gets as far as it can
-    from dimlearn.persistence import _digest
-
-    def match_checksum(p):
-        p["weights_sha256"] = _digest(tensors)
-
-    forged = rewrite(tmp_path / "forged.safetensors", tensors, metadata, match_checksum)
+    forged = rewrite(tmp_path / "forged.safetensors", tensors, metadata)  # checksum matches
 
     for path in (whole, inside, forged):
         with pytest.raises(ModelFileError):
