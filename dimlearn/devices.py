@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 from torch import nn
+
+from ._warn import warn
 
 
 def resolve_device(device, *, strict: bool = True) -> torch.device:
@@ -42,7 +43,7 @@ def resolve_device(device, *, strict: bool = True) -> torch.device:
     )
     if strict:
         raise ValueError(f"{problem}. Use device='auto' or device='cpu'.")
-    warnings.warn(f"{problem}; running on the CPU. Set device='cpu' to silence this.", stacklevel=3)
+    warn(f"{problem}; running on the CPU. Set device='cpu' to silence this.")
     return torch.device("cpu")
 
 

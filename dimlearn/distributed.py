@@ -33,6 +33,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+from ._warn import warn
+
 try:  # torch >= 2.12: functional collectives (also traceable by torch.compile)
     from torch.distributed._functional_collectives import all_gather_single
 except ImportError:  # older torch: the autograd-aware all-gather of torch.distributed.nn
@@ -149,7 +151,7 @@ class Ranks:
         """Rank 0's seed, after checking that every process holds data of the same shape.
 
         Every process must pass the same X to ``fit``: the shuffle, the held-out split
-        and the batches are drawn from the seed over row numbers.
+        and the batches are drawn from that seed over row numbers.
         """
         shape = [int(side) for side in X.shape]
         mine = torch.tensor(
@@ -203,13 +205,11 @@ def training_ranks(setting) -> Ranks | None:
             )
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1:
-            warnings.warn(
+            warn(
                 f"This process was launched as one of {launched} (WORLD_SIZE), but no "
                 "torch.distributed process group is initialised, so each process trains "
                 "its own model. Call torch.distributed.init_process_group() before fit to "
-                "train one model together, or set distributed=False to silence this.",
-                UserWarning,
-                stacklevel=4,
+                "train one model together, or set distributed=False to silence this."
             )
         return None
     ranks = Ranks()

@@ -10,12 +10,13 @@ import contextlib
 import functools
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from ._warn import warn
 
 _CHANNELS = {"RGB": 3, "L": 1}
 _FITS = ("crop", "pad", "resize")
@@ -153,11 +154,9 @@ def load_images(
     else:
         images, good, bad = _write_npy(Path(out), shape, files, read, errors, verbose)
     if bad:
-        warnings.warn(
+        warn(
             f"load_images skipped {len(bad)} unreadable image file(s): {_name(bad)} "
-            "(errors='raise' tells why).",
-            UserWarning,
-            stacklevel=2,
+            "(errors='raise' tells why)."
         )
     return images, good
 

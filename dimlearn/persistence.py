@@ -90,6 +90,14 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
     from safetensors.torch import save as to_bytes
 
     check_is_fitted(estimator)
+    if include_training_state and not hasattr(estimator, "random_state_"):
+        raise ValueError(
+            "include_training_state=True, but this model holds no training state: it was "
+            "loaded from a file saved without it, so Adam's moments, the critics of other "
+            "terms and the training RNG stream are not here to save. Save it without "
+            "include_training_state, or train it on (warm_start=True, or partial_fit), "
+            "which starts that state afresh, and save it then."
+        )
     tensors = {
         f"module.{key}": value.detach().to("cpu").contiguous()
         for key, value in estimator.module_.state_dict().items()

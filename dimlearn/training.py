@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from skorch.history import History
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ._warn import warn
 from .callbacks import (
     BestEpochEarlyStopping,
     StopAtBatchEnd,
@@ -350,7 +350,7 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, used: set[s
             "include_training_state=True): Adam starts afresh"
         )
     if notes:
-        warnings.warn(f"Continuing training: {'; '.join(notes)}.", UserWarning, stacklevel=6)
+        warn(f"Continuing training: {'; '.join(notes)}.")
 
 
 def fit_net(net: DeepInfomaxNet, dataset: ArrayBatches) -> dict | None:
@@ -384,13 +384,11 @@ def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
             f"in epoch {net.epochs_before + cut['epoch']}, after batch {cut['batches']} "
             f"of {cut['planned']}"
         )
-    warnings.warn(
+    warn(
         f"Training was interrupted (Ctrl-C) {where}. The model keeps the weights trained "
         "so far (with early_stopping, those of the best epoch); history_, n_iter_ and "
         "loss_curve_ count an epoch cut short as one. Call fit with warm_start=True, or "
-        "partial_fit, to go on training.",
-        UserWarning,
-        stacklevel=6,
+        "partial_fit, to go on training."
     )
 
 

@@ -20,10 +20,10 @@ from sklearn.preprocessing import StandardScaler
 from dimlearn import DeepInfomaxTransformer
 
 
-def linear_probe(features, X_train, y_train, X_test, y_test):
+def linear_probe(train_features, y_train, test_features, y_test):
     """Test accuracy of StandardScaler + LogisticRegression on frozen features."""
-    probe = make_pipeline(features, StandardScaler(), LogisticRegression(max_iter=5000))
-    return probe.fit(X_train, y_train).score(X_test, y_test)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    return probe.fit(train_features, y_train).score(test_features, y_test)
 
 
 def main(quick: bool) -> None:
@@ -38,14 +38,16 @@ def main(quick: bool) -> None:
     dim.fit(X_train)
     print(f"fitted Deep InfoMax on {len(X_train)} digits in {time.perf_counter() - start:.1f} s")
 
+    # the codes of the fitted model, frozen: the probe trains the classifier only
+    codes_train, codes_test = dim.transform(X_train), dim.transform(X_test)
     flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
     k = dim.latent_dim
+    pca = PCA(n_components=min(k, flat_train.shape[1])).fit(flat_train)
     print(f"linear probe, test accuracy ({len(X_test)} digits):")
-    print(f"  DIM codes ({k}-d)  {linear_probe(dim, X_train, y_train, X_test, y_test):.3f}")
-    pca = PCA(n_components=min(k, flat_train.shape[1]))
+    print(f"  DIM codes ({k}-d)  {linear_probe(codes_train, y_train, codes_test, y_test):.3f}")
     print(
         f"  PCA ({pca.n_components}-d)        "
-        f"{linear_probe(pca, flat_train, y_train, flat_test, y_test):.3f}"
+        f"{linear_probe(pca.transform(flat_train), y_train, pca.transform(flat_test), y_test):.3f}"
     )
 
     print(
@@ -53,8 +55,8 @@ def main(quick: bool) -> None:
         "   beat PCA-64 by 19 points: see the README's results)"
     )
 
-    index = NearestNeighbors(n_neighbors=9, metric="cosine").fit(dim.transform(X_train))
-    _, neighbours = index.kneighbors(dim.transform(X_test[:5]))
+    index = NearestNeighbors(n_neighbors=9, metric="cosine").fit(codes_train)
+    _, neighbours = index.kneighbors(codes_test[:5])
     print("image search: each test digit and the labels of its 9 nearest training digits")
     for query, row in zip(y_test[:5], neighbours, strict=True):
         share = np.mean(y_train[row] == query)

@@ -4,6 +4,7 @@ prints what it promises, with numbers in their ranges; the README points to ever
 import ast
 import math
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,35 @@ def test_example_runs(script):
     )
     assert result.returncode == 0, result.stderr
     CHECKS[script.name](matched_lines(result.stdout, script.name))
+
+
+TRAININGS = {
+    "quickstart.py": 1,  # the probe and the search read the fitted codes
+    "pipeline_and_search.py": 1,
+    "save_and_load.py": 3,  # the model, then the resumed file and the in-memory model
+    "distributed_fit.py": 1,
+}
+"""How many times each example trains a DeepInfomaxTransformer (fit or partial_fit); the
+searches (grid_search.py, dask_grid_search.py) train in worker processes."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TRAININGS))
+def test_an_example_trains_as_often_as_it_says(script, monkeypatch, capsys):
+    from dimlearn import DeepInfomaxTransformer
+
+    calls = []
+    original = DeepInfomaxTransformer._train
+
+    def counting(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepInfomaxTransformer, "_train", counting)
+    namespace = runpy.run_path(str(ROOT / "examples" / script), run_name="example")
+    quick = (True, None, None) if script == "distributed_fit.py" else (True,)  # --quick
+    namespace["main"](*quick)
+    assert len(calls) == TRAININGS[script], capsys.readouterr().out
 
 
 def test_all_user_stories_have_an_example():

@@ -131,6 +131,31 @@ def test_continuing_a_file_without_training_state_says_adam_starts_afresh(
     assert loaded.n_iter_ == 4
 
 
+def test_saving_the_training_state_of_a_model_that_has_none_is_refused(
+    fitted, model_file, tmp_path, digit_images
+):
+    loaded = load(model_file)  # saved without training state
+    with pytest.raises(ValueError, match="holds no training state.* Save it without"):
+        save(loaded, tmp_path / "full.safetensors", include_training_state=True)
+    assert not (tmp_path / "full.safetensors").exists()
+    X, _ = digit_images
+    with pytest.warns(UserWarning, match="Adam starts afresh"):
+        loaded.set_params(warm_start=True).fit(X[200:300])
+    full = load(save(loaded, tmp_path / "full.safetensors", include_training_state=True))
+    np.testing.assert_array_equal(full.transform(X[:20]), loaded.transform(X[:20]))
+
+
+def test_adam_starting_afresh_is_said_once(model_file, digit_images):
+    X, _ = digit_images
+    loaded = load(model_file).set_params(warm_start=True)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        loaded.fit(X[200:300])
+        loaded.fit(X[300:400])
+        loaded.partial_fit(X[400:500])
+    assert [str(w.message).count("Adam starts afresh") for w in record] == [1]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without CUDA")
 def test_a_model_fitted_for_a_gpu_loads_and_transforms_on_a_cpu_machine(fitted, tmp_path):
     # the fitted networks always live on the CPU and are written from there; the saved
