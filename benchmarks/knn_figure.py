@@ -1,4 +1,5 @@
-"""The seed's KNN picture: each row a test query and its 9 nearest training images."""
+"""The KNN picture of the Keras reference's blog post: each row a test query and its 9
+nearest training images."""
 
 from __future__ import annotations
 

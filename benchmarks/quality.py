@@ -5,7 +5,7 @@ frozen features on its test images, next to raw pixels, PCA and the untrained en
     python -m benchmarks.quality --dataset cifar10 --study ablation --budget-minutes 3
     python -m benchmarks.quality --dataset digits --budget-minutes 0.5     # a quick run
 
-Studies: ``baselines`` (the seed's claims 1 and 3: DIM codes and pooled local map against
+Studies: ``baselines`` (the Keras reference's claims 1 and 3: DIM codes and pooled local map against
 raw pixels, PCA of the same size and the untrained encoder, plus a KNN figure),
 ``ablation`` (claim 2: global only, local only and both, each with and without the prior),
 ``variants`` (negatives, critic form and MI estimator, each at the same budget) and
@@ -42,20 +42,23 @@ from .common import (
     write_results,
 )
 
-SEED_FORM = dict(negatives="shuffle", critic="concat", mi_estimator="jsd", prior="kl")
+KERAS_FORM = dict(negatives="shuffle", critic="concat", mi_estimator="jsd", prior="kl")
 ALL_DOT = dict(negatives="all", critic="dot")
 LOCAL_ONLY = dict(alpha=0.0, beta=1.0, gamma=0.0)
-ABLATION = [  # the seed's objective form, as the seed's claim is about it
-    ("global + local + prior", dict(SEED_FORM, alpha=0.5, beta=1.0, gamma=0.1)),
-    ("global + local", dict(SEED_FORM, alpha=0.5, beta=1.0, gamma=0.0)),
-    ("global + prior (beta=0)", dict(SEED_FORM, alpha=0.5, beta=0.0, gamma=0.1)),
-    ("global (beta=0)", dict(SEED_FORM, alpha=0.5, beta=0.0, gamma=0.0)),
-    ("local + prior (alpha=0)", dict(SEED_FORM, alpha=0.0, beta=1.0, gamma=0.1)),
-    ("local (alpha=0)", dict(SEED_FORM, **LOCAL_ONLY)),
+ABLATION = [  # the Keras reference's form, as its claim is about it
+    ("global + local + prior", dict(KERAS_FORM, alpha=0.5, beta=1.0, gamma=0.1)),
+    ("global + local", dict(KERAS_FORM, alpha=0.5, beta=1.0, gamma=0.0)),
+    ("global + prior (beta=0)", dict(KERAS_FORM, alpha=0.5, beta=0.0, gamma=0.1)),
+    ("global (beta=0)", dict(KERAS_FORM, alpha=0.5, beta=0.0, gamma=0.0)),
+    ("local + prior (alpha=0)", dict(KERAS_FORM, alpha=0.0, beta=1.0, gamma=0.1)),
+    ("local (alpha=0)", dict(KERAS_FORM, **LOCAL_ONLY)),
 ]
 VARIANTS = [
-    ("seed's form, alpha .5 beta 1 gamma .1", dict(SEED_FORM, alpha=0.5, beta=1.0, gamma=0.1)),
-    ("seed's form, local only, no prior", dict(SEED_FORM, **LOCAL_ONLY)),
+    (
+        "Keras reference's form, alpha .5 beta 1 gamma .1",
+        dict(KERAS_FORM, alpha=0.5, beta=1.0, gamma=0.1),
+    ),
+    ("Keras reference's form, local only, no prior", dict(KERAS_FORM, **LOCAL_ONLY)),
     ("all pairs, dot, JSD, local only, no prior", dict(ALL_DOT, mi_estimator="jsd", **LOCAL_ONLY)),
     (
         "all pairs, dot, infoNCE, local only, no prior",
@@ -72,7 +75,7 @@ VARIANTS = [
     ("all pairs, dot, DV, local only, no prior", dict(ALL_DOT, mi_estimator="dv", **LOCAL_ONLY)),
 ]
 
-# the options beyond the seed, each added to local infoNCE with all pairs and dot critics
+# the options beyond the Keras reference, each added to local infoNCE with all pairs and dot critics
 # (the defaults before this study, which moved the default prior to "kl_mean", gamma .1)
 NO_PRIOR = dict(gamma=0.0)
 OPTIONS = [

@@ -64,10 +64,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     ``fit`` trains an encoder, a global critic and a local critic jointly (through skorch) on
     ``alpha * global MI + beta * local MI + gamma * prior (+ delta * local-local MI)`` with
-    a reparameterised Gaussian code. The DIM blog post's exact objective (Jensen-Shannon
+    a reparameterised Gaussian code. The Keras reference's objective (Jensen-Shannon
     estimator, one shuffled in-batch negative, concatenate-and-score critics, KL summed over
-    code dimensions) is available through ``negatives``, ``critic``, ``mi_estimator`` and
-    ``prior``; the defaults use the DIM paper's stronger choices and a light prior.
+    code dimensions; see References) is available through ``negatives``, ``critic``,
+    ``mi_estimator`` and ``prior``; the defaults use the DIM paper's stronger choices and a
+    light prior.
     ``transform`` returns the code mean, a ``latent_dim``-wide float32 feature vector.
 
     Inputs may be images, ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``, in uint8 or
@@ -89,30 +90,32 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Weight of the prior term, which pulls the codes towards N(0, I) (see ``prior``).
         0 switches the prior off.
     delta : float, default=0.0
-        Weight of the local-local MI term (the DIM paper's and the blog's further option):
-        each position of the local map is contrasted, by a dot-product critic, with the
+        Weight of the local-local MI term (a further option of the DIM paper and the Keras
+        reference): each position of the local map is contrasted, by a dot-product critic, with the
         other positions of its own image (positive) and with other images of the batch
         (negatives, as set by ``negatives``). Needs a local map of 2 or more positions, so
         images only.
     prior : {"kl", "kl_mean", "adversarial"}, default="kl_mean"
         How the prior term (weight ``gamma``) matches codes to N(0, I). ``"kl"``: the KL
         divergence of the Gaussian code to N(0, I), summed over code dimensions (the VAE's
-        and the blog's formula). ``"kl_mean"``: the same KL averaged over code dimensions
-        (the blog's Keras code; ``latent_dim`` times weaker for the same ``gamma``).
+        and the Keras reference's text). ``"kl_mean"``: the same KL averaged over code dimensions
+        (the Keras reference's code; ``latent_dim`` times weaker for the same ``gamma``).
         ``"adversarial"``: the DIM paper's prior matching, a discriminator trained to tell
         N(0, I) samples from codes and the encoder trained to fool it (non-saturating);
         one optimiser step updates both, the discriminator on detached codes.
     negatives : {"shuffle", "all"}, default="all"
         Which mismatched pairs the critics see: for each code, one other image of the batch
-        (``"shuffle"``, the seed's) or all the other images of the batch (``"all"``, the DIM
-        paper's; B - 1 negatives per code, cheap with ``critic="dot"``).
+        (``"shuffle"``, the Keras reference's) or all the other images of the batch
+        (``"all"``, the DIM paper's; B - 1 negatives per code, cheap with ``critic="dot"``).
     critic : {"concat", "dot"}, default="dot"
-        Critic form: an MLP scoring the concatenated pair (``"concat"``, the seed's) or a dot
-        product of separately embedded image and code (``"dot"``, the official DIM code's).
+        Critic form: an MLP scoring the concatenated pair (``"concat"``, the Keras
+        reference's) or a dot product of separately embedded image and code (``"dot"``, the
+        official DIM code's).
         With ``negatives="all"``, ``"concat"`` runs its MLP on all B x B pairs (and, for the
         local term, at every position): B times the cost of ``"dot"``.
     mi_estimator : {"jsd", "infonce", "dv"}, default="infonce"
-        MI estimator: Jensen-Shannon (the seed's), infoNCE or Donsker-Varadhan (the paper's).
+        MI estimator: Jensen-Shannon (the Keras reference's), infoNCE or Donsker-Varadhan
+        (the DIM paper's).
     latent_dim : int, default=64
         Size of the code, the number of output features.
     width : int, default=64
@@ -134,7 +137,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         refuses anything else rather than guess.
     augment : bool, default=False
         Images only: a random crop (after reflection padding by an eighth of the side) and a
-        random horizontal flip of every training image, drawn anew each epoch (the seed's
+        random horizontal flip of every training image, drawn anew each epoch (the Keras reference's
         multi-scale idea in its simplest form). Not for digits or text-like images, where
         a mirror changes the class.
     max_epochs : int, default=20
@@ -262,19 +265,25 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     ``cifar10_options.md``: 10k images, 200 s per model). Local MI alone (``alpha=0,
     beta=1``, the DIM paper's DIM(L)), all other images of the batch as negatives,
     dot-product critics and the infoNCE estimator reach 52.2% linear / 45.2% kNN-10 on the
-    codes, against 32.8 / 29.9 for the seed's exact form (``alpha=0.5, beta=1, gamma=0.1,
+    codes, against 32.8 / 29.9 for the Keras reference's form (``alpha=0.5, beta=1, gamma=0.1,
     prior="kl", negatives="shuffle", critic="concat", mi_estimator="jsd"``, still one
     ``set_params`` away) and 36.9 / 38.4 for PCA. A light prior, the KL averaged over code
     dimensions with ``gamma=0.1``, kept the linear probe (51.6 vs 51.8) and lifted kNN-10
     (48.1 vs 45.0); the same KL summed over dimensions, or the adversarial prior, at
     ``gamma=0.1``, cost 14-18 points. ``latent_dim=64`` and ``width=64`` are the DIM
-    paper's network; ``batch_size=128`` and ``lr=1e-3`` its and the blog's optimiser
+    paper's network; ``batch_size=128`` and ``lr=1e-3`` its and the Keras reference's optimiser
     settings.
 
     References
     ----------
     R. D. Hjelm et al., "Learning deep representations by mutual information estimation and
     maximization", ICLR 2019, arXiv:1808.06670.
+
+    The Keras reference: Su Jianlin's 2018 blog post on Deep InfoMax ("Deep INFOMAX",
+    kexue.fm, 2 October 2018) and its Keras code (github.com/bojone/infomax). Its objective,
+    as the post writes it: ``alpha`` x global + ``beta`` x local Jensen-Shannon MI with one
+    shuffled in-batch negative and concatenate-and-score critics, plus ``gamma`` x the KL
+    of the code to N(0, I). Elsewhere in dimlearn "the Keras reference" means this.
 
     Examples
     --------

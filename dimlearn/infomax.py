@@ -26,8 +26,8 @@ def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None, part=No
     the codes of this process's rows (``part``; all B rows by default).
 
     Every code z_i is contrasted with its own image (positive) and with other images of the
-    batch: one, ``x_perm[i]`` (``negatives="shuffle"``, the seed's, K = 1), or all B - 1 of
-    them (``negatives="all"``, the DIM paper's). A sample is never its own negative.
+    batch: one, ``x_perm[i]`` (``negatives="shuffle"``, the Keras reference's, K = 1), or
+    all B - 1 of them (``negatives="all"``, the DIM paper's). A sample is never its own negative.
     """
     part = part or WholeBatch(local_map.shape[0])
     image_part, code_part = critic.embed(local_map, z)

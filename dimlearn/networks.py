@@ -229,7 +229,8 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 
 
 class GlobalCritic(nn.Module):
-    """T1(x, z), the seed's concatenate-and-score form: an MLP on ``[summary of C(x), z]``.
+    """T1(x, z), the Keras reference's concatenate-and-score form: an MLP on
+    ``[summary of C(x), z]``.
 
     The first layer of the scoring MLP is split into a summary part and a code part (a sum,
     the same as acting on the concatenation), so each image and each code is embedded once
@@ -259,7 +260,7 @@ class GlobalCritic(nn.Module):
 
 
 class LocalCritic(nn.Module):
-    """T2(C_ij, z), the seed's form: 1x1 convolutions over ``[C(x), z tiled to h x w]``.
+    """T2(C_ij, z), the Keras reference's form: 1x1 convolutions over ``[C(x), z tiled to h x w]``.
 
     The first 1x1 convolution is split into its map part and its code part, as in
     :class:`GlobalCritic`, so the code is never materialised h*w times.

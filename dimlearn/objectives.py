@@ -1,8 +1,9 @@
 """The Deep InfoMax objective: MI estimators and the prior term, as pure tensor functions.
 
-Notation follows ``shared/docs/method.md``: ``T(pos)`` are critic scores of matched pairs
-(x_i, z_i), ``T(neg)`` of mismatched pairs (x_pi(i), z_i) where ``pi`` is a derangement of the
-batch. Every function here returns a scalar to *minimise*.
+Notation follows the README's "The objective": ``T(pos)`` are critic scores of matched pairs
+(x_i, z_i), ``T(neg)`` of mismatched pairs (x_j, z_i) of other images j of the batch (one,
+``x_pi(i)`` with ``pi`` a derangement, or all of them). Every function here returns a scalar
+to *minimise*.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ LOG_2 = math.log(2.0)
 
 
 def jsd_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon (negative sampling) MI loss, the blog's estimator.
+    """Jensen-Shannon (negative sampling) MI loss, the Keras reference's estimator.
 
     ``softplus(-T(pos)).mean() + softplus(T(neg)).mean()``: binary cross-entropy with logits
     where matched pairs are labelled 1 and mismatched pairs 0. Its minimum is 0 (a critic that
@@ -90,7 +91,7 @@ def global_mi_loss(
     pos_scores : Tensor of shape (B,)
         ``T1(x_i, z_i)``.
     neg_scores : Tensor of shape (B,) or (B, K)
-        ``T1(x_j, z_i)`` for K other images j of the batch (the seed: K = 1, j = pi(i)).
+        ``T1(x_j, z_i)`` for K other images j of the batch (the Keras reference: K = 1, j = pi(i)).
     estimator : {"jsd", "infonce", "dv"}
     """
     return _mi_loss(pos_scores, neg_scores, estimator)
@@ -121,8 +122,9 @@ def _mi_loss(pos_scores, neg_scores, estimator):
 
 
 def prior_kl(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed (the VAE's and method.md's form) or
-    averaged (the blog's Keras code) over code dimensions; always averaged over the batch.
+    """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over code dimensions (the VAE's
+    form, and the Keras reference's text) or averaged (the Keras reference's code); always
+    averaged over the batch.
 
     The mean is the sum divided by ``latent_dim``, so with ``reduction="mean"`` the same
     ``gamma`` weighs the prior ``latent_dim`` times less.

@@ -20,7 +20,7 @@ from dimlearn.infomax import DeepInfomaxModule
 from tests.conftest import SUM_ROUNDING, small_images
 
 FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
-SEED_FORM = dict(
+KERAS_FORM = dict(
     alpha=0.5,
     beta=1.0,
     gamma=0.1,
@@ -167,7 +167,7 @@ def test_transform_runs_in_batches(fitted_digits, monkeypatch):
 def test_history_records_loss_and_each_term_per_epoch(digit_images, fitted_digits):
     assert fitted_digits[0].n_iter_ == 5 and len(fitted_digits[0].loss_curve_) == 5
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**{**FAST, **SEED_FORM}).fit(X[:100])  # all three terms
+    dim = DeepInfomaxTransformer(**{**FAST, **KERAS_FORM}).fit(X[:100])  # all three terms
     last = dim.history_[-1]
     for key in ("train_loss", "train_global", "train_local", "train_prior"):
         assert np.isfinite(last[key])

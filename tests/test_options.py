@@ -1,5 +1,5 @@
-"""The options beyond the seed: prior forms, local-local MI, learning-rate schedule, early
-stopping, warm start / partial_fit and the label-free ``score``."""
+"""The options beyond the Keras reference: prior forms, local-local MI, learning-rate
+schedule, early stopping, warm start / partial_fit and the label-free ``score``."""
 
 import math
 
