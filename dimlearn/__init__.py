@@ -1,11 +1,21 @@
-"""dimlearn: Deep InfoMax feature learning as a scikit-learn transformer."""
+"""dimlearn: Deep InfoMax feature learning as a scikit-learn transformer.
+
+Public, and kept stable across releases: the names below (``__all__``), the figures of
+:mod:`dimlearn.plot` and the ``dimlearn`` command (:mod:`dimlearn.cli`). Every other module
+is internal: documented, tested and used by the benchmarks, but free to change between
+releases. Reading order, from the estimator down: ``estimator`` -> ``training`` (one
+training call) -> ``net`` (the skorch net) and ``callbacks`` -> ``infomax`` (the DIM module
+and its builder) -> ``networks`` and ``objectives``; beside them ``config`` (settings),
+``fitted`` (the fitted state), ``inputs`` (arrays to batches), ``inference``,
+``distributed``, ``devices``, ``persistence`` (model files) and ``images``.
+"""
 
 __version__ = "0.3.0"
 
 from .estimator import DeepInfomaxTransformer  # noqa: E402
 from .images import load_images  # noqa: E402
+from .net import NonFiniteLossError  # noqa: E402
 from .persistence import ModelFileError, load, save  # noqa: E402
-from .training import NonFiniteLossError  # noqa: E402
 
 __all__ = [
     "DeepInfomaxTransformer",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from skorch.callbacks import Callback, EarlyStopping
 
-from .state import named_optimizer_state, set_named_optimizer_state
+from .optimizer_state import named_optimizer_state, set_named_optimizer_state
 
 clock: Callable[[], float] = time.perf_counter
 """The clock of :class:`TimeBudget` (a module attribute so that tests can replace it)."""

@@ -223,17 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument("--size", type=int, default=32, help="side images are fitted to (32)")
     fit.add_argument("--grey", action="store_true", help="read images as greyscale")
-    fit.add_argument("--max-time", type=float, default=None, help="training budget, seconds")
-    fit.add_argument("--max-epochs", type=int, default=20)
-    fit.add_argument("--latent-dim", type=int, default=64, help="code size (64)")
-    fit.add_argument("--width", type=int, default=64, help="network width (64)")
-    fit.add_argument("--batch-size", type=int, default=128)
-    fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--alpha", type=float, default=0.0, help="global MI weight (0)")
-    fit.add_argument("--beta", type=float, default=1.0, help="local MI weight (1)")
-    fit.add_argument("--gamma", type=float, default=0.1, help="prior weight (0.1)")
+    defaults = DeepInfomaxTransformer().get_params()  # the estimator's, never copied here
+    fit.add_argument("--max-time", type=float, default=defaults["max_time"], help="budget, s")
+    for flag, kind, what in (
+        ("--max-epochs", int, "passes over the images"),
+        ("--latent-dim", int, "code size"),
+        ("--width", int, "network width"),
+        ("--batch-size", int, "images per step"),
+        ("--lr", float, "Adam's learning rate"),
+        ("--alpha", float, "global MI weight"),
+        ("--beta", float, "local MI weight"),
+        ("--gamma", float, "prior weight"),
+    ):
+        default = defaults[flag[2:].replace("-", "_")]
+        fit.add_argument(flag, type=kind, default=default, help=f"{what} ({default})")
     fit.add_argument("--augment", action="store_true", help="random crops and flips")
-    fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    fit.add_argument(
+        "--device",
+        default=defaults["device"],
+        help=f"auto, cpu, cuda or cuda:N ({defaults['device']})",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
         "--include-training-state", action="store_true", help="keep what continued training needs"

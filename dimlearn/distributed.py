@@ -34,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from ._warn import warn
+from .inputs import even_sizes
 
 try:  # torch >= 2.12: functional collectives (also traceable by torch.compile)
     from torch.distributed._functional_collectives import all_gather_single
@@ -51,18 +52,6 @@ def _all_gather_rows(tensor: torch.Tensor, group) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous(), group=group))
 
 
-def split_evenly(total: int, parts: int) -> list[int]:
-    """Sizes of ``parts`` consecutive pieces of ``total`` rows, differing by at most one.
-
-    Examples
-    --------
-    >>> split_evenly(7, 2)
-    [4, 3]
-    """
-    base, extra = divmod(total, parts)
-    return [base + 1] * extra + [base] * (parts - extra)
-
-
 class BatchPart:
     """This process's rows of one batch, and how to gather a tensor of every process's.
 
@@ -73,7 +62,7 @@ class BatchPart:
 
     def __init__(self, total: int, rank: int, size: int, group):
         self.total = total
-        self.sizes = split_evenly(total, size)
+        self.sizes = even_sizes(total, size)
         self.start = int(sum(self.sizes[:rank]))
         self.rows = slice(self.start, self.start + self.sizes[rank])
         self.group = group

@@ -15,47 +15,25 @@ from sklearn.base import (
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch.history import History
 
+from . import fitted
+from .config import TrainingConfig
 from .devices import on_device, resolve_device
 from .distributed import training_ranks
+from .fitted import FittedState
 from .inference import encode, local_mi_score
+from .infomax import module_from_state
 from .inputs import ArrayBatches, channel_stats, resolve_layout
-from .training import FittedState, rebuild_module, train_networks
+from .training import train_networks
 
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
-_FITTED_ATTRIBUTES = (
-    "module_",
-    "history_",
-    "loss_curve_",
-    "n_iter_",
-    "input_mean_",
-    "input_scale_",
-    "sample_shape_",
-    "n_features_in_",
-    "feature_names_in_",
-    "random_state_",
-    "_optimizer_state",
-    "layout_",
-    "_device_copy",
-)
 _PICKLE_FORMAT = 2
 """Marks pickles of dimlearn 0.3 and later; a pickle without it (dimlearn 0.2) has biases
 before its BatchNorm layers, which unpickling folds away."""
 SCORE_BATCH = 128
 """Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
 127 other images, so the score is at most ``log(128)`` = 4.85 nats."""
-
-
-def _joined_history(first: History, second: History) -> History:
-    """The epochs of two training calls as one history, numbered on."""
-    joined = History()
-    for entry in [*first, *second]:
-        entry = dict(entry)
-        entry["epoch"] = len(joined) + 1
-        joined.append(entry)
-    return joined
 
 
 class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -331,6 +309,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     def __init__(
         self,
+        *,
         alpha: float = 0.0,
         beta: float = 1.0,
         gamma: float = 0.1,
@@ -511,22 +490,25 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "delta > 0 asks for local-local MI between positions of an image, but X was "
                 "read as tabular rows. Pass image_shape for flat images, or set delta=0."
             )
-        rng = self._training_rng(continued)
+        config = TrainingConfig.from_params(self.get_params())
+        previous = FittedState.of(self) if continued else None
+        rng = self._training_rng(previous)
         rng_before = rng.get_state()
         try:
             seed = int(rng.randint(np.iinfo(np.int32).max))
             if ranks is not None:  # rank 0's, once every process is known to hold the same X
                 seed = ranks.agree(seed, X)
             train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
-            stats = self._stats if continued else channel_stats(X, layout)
+            stats = (previous.input_mean, previous.input_scale) if continued else None
+            stats = stats or channel_stats(X, layout)
             run = train_networks(
                 ArrayBatches(X, layout, *stats, rows=train_rows),
                 None if valid_rows is None else ArrayBatches(X, layout, *stats, valid_rows),
-                self.get_params(),
+                config,
                 seed=seed,
                 device=device,
                 max_epochs=max_epochs,
-                fitted=self._fitted_state() if continued else None,
+                fitted=previous,
                 ranks=ranks,
             )
         except BaseException:
@@ -534,46 +516,39 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             # continued one exactly as it was before the call
             rng.set_state(rng_before)
             if not continued:
-                for name in _FITTED_ATTRIBUTES:
-                    self.__dict__.pop(name, None)
+                fitted.clear(self)
             raise
-        losses = [float(v) for v in run.history[:, "train_loss"]] if len(run.history) else []
         if continued:
-            self.history_ = _joined_history(self.history_, run.history)
-            self.loss_curve_ = self.loss_curve_ + losses
-            self.n_iter_ += len(run.history)
+            state = previous.continued_by(run.module, run.optimizer_state, run.history)
         else:
-            self.sample_shape_ = tuple(X.shape[1:])
-            self.input_mean_, self.input_scale_ = stats
-            self.layout_ = layout
-            self.history_ = run.history
-            self.loss_curve_ = losses
-            self.n_iter_ = len(run.history)
-        self.module_ = run.module
-        self._optimizer_state = run.optimizer_state
-        self.random_state_ = rng
+            state = FittedState(
+                module=run.module,
+                history=run.history,
+                loss_curve=fitted.loss_curve(run.history),
+                n_iter=len(run.history),
+                input_mean=stats[0],
+                input_scale=stats[1],
+                sample_shape=tuple(X.shape[1:]),
+                layout=layout,
+                n_features_in=self.n_features_in_,
+                feature_names_in=getattr(self, "feature_names_in_", None),
+                optimizer_state=run.optimizer_state,
+            )
+        state.random_state = rng
+        state.write_to(self)
         return self
 
-    def _training_rng(self, continued: bool) -> np.random.RandomState:
+    def _training_rng(self, previous: FittedState | None) -> np.random.RandomState:
         """The RNG stream that seeds each training call, kept as ``random_state_``."""
-        if not continued:
+        if previous is None:
             return check_random_state(self.random_state)
-        if hasattr(self, "random_state_"):
-            return self.random_state_
+        if previous.random_state is not None:
+            return previous.random_state
         # a model loaded without its training state: a stream of its own, not a replay
         if isinstance(self.random_state, Integral):
-            entropy = [int(self.random_state), int(self.n_iter_)]
+            entropy = [int(self.random_state), int(previous.n_iter)]
             return np.random.RandomState(np.random.SeedSequence(entropy).generate_state(1))
         return check_random_state(self.random_state)
-
-    def _fitted_state(self) -> FittedState:
-        return FittedState(
-            self.module_.state_dict(), getattr(self, "_optimizer_state", None), self.n_iter_
-        )
-
-    @property
-    def _stats(self):
-        return self.input_mean_, self.input_scale_
 
     def _split_rows(self, n: int, seed: int):
         """Training and held-out rows for ``early_stopping`` (all rows and None without)."""
@@ -670,9 +645,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     def __setstate__(self, state):
         if "module_" in state and "_pickle_format" not in state:  # pickled by dimlearn 0.2
             state = dict(state)
-            params = {name: state[name] for name in self._get_param_names()}
-            state["module_"], folded = rebuild_module(
-                params, state["layout_"], state["module_"].state_dict()
+            config = TrainingConfig.from_params(state)
+            state["module_"], folded = module_from_state(
+                config, state["layout_"], state["module_"].state_dict()
             )
             moments = state.get("_optimizer_state")
             if moments is not None:

@@ -6,14 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inputs import ArrayBatches, split_batches
+from .inputs import ArrayBatches
 from .networks import split_pairs
 from .objectives import infonce_mi_loss
-
-
-def device_batch(dataset: ArrayBatches, rows, device) -> torch.Tensor:
-    """Model input for ``rows``: copied to ``device`` in the stored dtype, standardised there."""
-    return dataset.prepare(dataset.raw(rows).to(device, non_blocking=True))
 
 
 @torch.no_grad()
@@ -25,9 +20,7 @@ def encode(
     encoder = module.encoder
     out = np.empty((len(dataset), encoder.feature_dims[level]), dtype=np.float32)
     for start in range(0, len(dataset), batch_size):
-        features = encoder.features(
-            device_batch(dataset, slice(start, start + batch_size), device), level
-        )
+        features = encoder.features(dataset.take(slice(start, start + batch_size), device), level)
         out[start : start + features.shape[0]] = features.cpu().numpy()
     return out
 
@@ -38,7 +31,7 @@ def local_mi_score(
 ) -> float:
     """Held-out infoNCE lower bound on the local MI, in nats, averaged over samples.
 
-    The dataset is cut in order into nearly equal batches (:func:`split_batches`); in a
+    The dataset is cut in order into nearly equal batches (its ``batch_sizes``); in a
     batch of B, every code mean is scored by the local critic against the local map of all B
     images at every position, and ``log B - infoNCE`` is that batch's bound. The batches'
     bounds are averaged, weighted by their sizes. Codes are scored ``code_chunk`` at a time,
@@ -47,9 +40,9 @@ def local_mi_score(
     module.eval()
     critic = module.local_critic
     total, count = 0.0, 0
-    bounds = np.cumsum([0, *split_batches(len(dataset), batch_size)])
+    bounds = np.cumsum([0, *dataset.batch_sizes(batch_size)])
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        x = device_batch(dataset, slice(int(start), int(stop)), device)
+        x = dataset.take(slice(int(start), int(stop)), device)
         local_map, mu, _ = module.encoder(x)
         image_part, code_part = critic.embed(local_map, mu)
         rows = [

@@ -2,7 +2,9 @@
 
 The networks are in :mod:`dimlearn.networks`, the estimators and the prior in
 :mod:`dimlearn.objectives`; this module pairs codes with images (positives and in-batch
-negatives) and asks each critic and estimator for its term.
+negatives) and asks each critic and estimator for its term. It also holds the builder of
+the module from a :class:`~dimlearn.config.TrainingConfig` and a layout, and the one table of
+which part of the module each loss term trains.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .networks import CRITICS, LocalLocalCritic, PriorDiscriminator, WholeBatch, split_pairs
-from .objectives import (
-    adversarial_prior_losses,
-    derangement,
-    global_mi_loss,
-    local_mi_loss,
-    prior_kl,
-    sample_code,
+from .config import TrainingConfig
+from .inputs import Layout
+from .networks import (
+    CRITICS,
+    ConvEncoder,
+    LocalLocalCritic,
+    MLPEncoder,
+    PriorDiscriminator,
+    WholeBatch,
+    fold_biases_into_batch_norm,
+    split_pairs,
 )
+from .objectives import adversarial_prior_losses, derangement, mi_loss, prior_kl, sample_code
 
 
 def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None, part=None):
@@ -123,18 +129,13 @@ class DeepInfomaxModule(nn.Module):
         perm = None
         if needs_perm and self.negatives == "shuffle":
             perm = derangement(part.total, device=x.device, generator=draw)
-        for name, critic, loss in (
-            ("global", self.global_critic, global_mi_loss),
-            ("local", self.local_critic, local_mi_loss),
-        ):
+        for name, critic in (("global", self.global_critic), ("local", self.local_critic)):
             if name in names:
                 pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
-                out[name] = loss(part.gather(pos), part.gather(neg), self.mi_estimator)
+                out[name] = mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator)
         if "local_local" in names:
             pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm, part)
-            out["local_local"] = local_mi_loss(
-                part.gather(pos), part.gather(neg), self.mi_estimator
-            )
+            out["local_local"] = mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator)
         if "prior" in names:
             if self.prior == "adversarial":
                 disc = self.prior_discriminator
@@ -149,3 +150,108 @@ class DeepInfomaxModule(nn.Module):
                 reduction = "mean" if self.prior == "kl_mean" else "sum"
                 out["prior"] = prior_kl(part.gather(mu), part.gather(logvar), reduction)
         return out
+
+
+# -- the module from a config, and which parts of it each term trains ---------------------
+
+
+ALWAYS_KEPT = ("encoder", "local_critic")
+"""The parts every fitted model keeps: what ``transform`` (the encoder) and ``score`` (the
+local critic) read."""
+
+OPTIONAL_PARTS = ("global_critic", "local_local_critic", "prior_discriminator")
+"""Parts kept only while a term trains them: a part no term trains keeps its random initial
+weights, so keeping it would only make model files larger."""
+
+
+def trained_parts(config: TrainingConfig) -> set[str]:
+    """The parts of the module that the loss of ``config`` trains (the table of which part
+    each term needs: global -> global critic, local -> local critic, local-local -> its
+    critic, an adversarial prior -> the discriminator; every term trains the encoder)."""
+    weights = config.weights
+    parts = {"encoder"}
+    if weights["global"] > 0:
+        parts.add("global_critic")
+    if weights["local"] > 0:
+        parts.add("local_critic")
+    if weights["local_local"] > 0:
+        parts.add("local_local_critic")
+    if weights["prior"] > 0 and config.prior == "adversarial":
+        parts.add("prior_discriminator")
+    return parts
+
+
+def kept_parts(config: TrainingConfig) -> set[str]:
+    """The parts a model fitted with ``config`` keeps: those always kept and those trained."""
+    return set(ALWAYS_KEPT) | trained_parts(config)
+
+
+def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
+    """The encoder and critics for samples of ``layout``. Weights are drawn from torch's
+    global RNG.
+
+    Examples
+    --------
+    >>> from dimlearn import DeepInfomaxTransformer
+    >>> from dimlearn.inputs import resolve_layout
+    >>> config = TrainingConfig.from_params(DeepInfomaxTransformer(width=4).get_params())
+    >>> module = build_module(config, resolve_layout((16, 16, 3), None, "auto"))
+    >>> module.encoder.feature_dims
+    {'conv': 64, 'fc': 64, 'code': 64}
+    """
+    if layout.kind == "tabular":
+        encoder = MLPEncoder(layout.channels, config.latent_dim, config.width)
+    else:
+        height, width_px = layout.height_width
+        encoder = ConvEncoder(layout.channels, height, width_px, config.latent_dim, config.width)
+    return DeepInfomaxModule(
+        encoder,
+        config.latent_dim,
+        critic_hidden=config.critic_hidden,
+        critic=config.critic,
+        negatives=config.negatives,
+        mi_estimator=config.mi_estimator,
+        prior=config.prior,
+        local_local=config.delta > 0,
+    )
+
+
+def keep_parts(module: nn.Module, parts: set[str]) -> nn.Module:
+    """Remove (in place) the optional parts not in ``parts``; returns the module."""
+    for name in OPTIONAL_PARTS:
+        if name not in parts and getattr(module, name, None) is not None:
+            setattr(module, name, None)
+    return module
+
+
+def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tuple:
+    """The networks of ``config`` and ``layout`` holding the weights ``state`` (a
+    ``state_dict`` of the parts it has; older models' biases before a BatchNorm layer are
+    folded into it, :func:`~dimlearn.networks.fold_biases_into_batch_norm`). Returns the
+    module (in eval mode) and the names of the folded biases.
+
+    Raises ``ValueError`` naming the weights that do not fit the networks.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # every weight is overwritten below
+        module = build_module(config, layout)
+    state = dict(state)
+    present = {key.split(".")[0] for key in state}
+    keep_parts(module, present)
+    folded = fold_biases_into_batch_norm(state, module)
+    expected = module.state_dict()
+    wrong = sorted(
+        f"{key} is {tuple(state[key].shape) if key in state else 'missing'}, "
+        f"{tuple(value.shape)} by the parameters"
+        for key, value in expected.items()
+        if key not in state or state[key].shape != value.shape or state[key].dtype != value.dtype
+    )
+    extra = sorted(set(state) - set(expected))
+    if wrong or extra:
+        shown = "; ".join(wrong[:3] + [f"{key} (not in the networks)" for key in extra[:3]])
+        raise ValueError(
+            f"the weights do not fit the networks the parameters describe: {shown}"
+            f"{' ...' if len(wrong) + len(extra) > 3 else ''}"
+        )
+    module.load_state_dict(state)
+    return module.eval(), folded

@@ -44,6 +44,40 @@ class Layout:
     image_shape: tuple | None = None
     channels_last: bool = True
 
+    def to_plain(self) -> dict:
+        """Plain values (JSON-able) that :meth:`from_plain` reads back."""
+        return {
+            "kind": self.kind,
+            "sample_shape": list(self.sample_shape),
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "channels_last": bool(self.channels_last),
+        }
+
+    @classmethod
+    def from_plain(cls, raw: dict) -> Layout:
+        """The layout :meth:`to_plain` described; ``ValueError`` for one that makes no sense.
+
+        Examples
+        --------
+        >>> layout = resolve_layout((32, 32, 3), None, "auto")
+        >>> Layout.from_plain(layout.to_plain()) == layout
+        True
+        """
+        kind = raw["kind"]
+        if kind not in ("image", "tabular"):
+            raise ValueError(f"layout kind {kind!r} is neither 'image' nor 'tabular'")
+        sample_shape = positive_ints(raw["sample_shape"], "layout.sample_shape")
+        image_shape = raw["image_shape"]
+        if kind == "image":
+            image_shape = positive_ints(image_shape, "layout.image_shape")
+            if len(image_shape) != 3 or np.prod(image_shape) != np.prod(sample_shape):
+                raise ValueError(f"image shape {image_shape} does not fit samples {sample_shape}")
+        elif image_shape is not None or len(sample_shape) != 1:
+            raise ValueError("a tabular layout has one feature axis and no image shape")
+        if not isinstance(raw["channels_last"], bool):
+            raise ValueError("layout.channels_last is not true or false")
+        return cls(kind, sample_shape, image_shape, raw["channels_last"])
+
     @property
     def channels(self) -> int:
         if self.kind == "tabular":
@@ -58,6 +92,16 @@ class Layout:
     def channel_axis(self) -> int:
         """Axis of the channels in a batch reshaped to ``(n, *image_shape)``."""
         return -1 if self.kind == "tabular" or self.channels_last else 1
+
+
+def positive_ints(raw, name: str) -> tuple:
+    """``raw`` as a tuple of positive ints, or a ``ValueError`` naming ``name``."""
+    values = tuple(raw)
+    if not values or not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise ValueError(f"{name} must be a list of positive integers, not {raw!r}")
+    return tuple(int(v) for v in values)
 
 
 def _guess_channels_last(shape: tuple, what: str) -> bool:
@@ -212,6 +256,17 @@ class ArrayBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.X.shape[0] if self.rows is None else len(self.rows)
 
+    def batch_sizes(self, batch_size: int) -> list[int]:
+        """The sizes of the batches an epoch over this dataset is cut into
+        (:func:`split_batches`)."""
+        return split_batches(len(self), batch_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its rows as stored (uint8 stays uint8; other dtypes become float32)."""
+        item = 1 if self.X.dtype == np.uint8 else 4
+        return len(self) * int(np.prod(self.X.shape[1:])) * item
+
     def raw(self, rows) -> torch.Tensor:
         """The given rows (an index array or a slice) as a host tensor in the stored dtype
         (uint8 or float32; other dtypes become float32)."""
@@ -235,9 +290,10 @@ class ArrayBatches(torch.utils.data.Dataset):
             batch = batch.permute(0, 3, 1, 2).contiguous()
         return batch
 
-    def take(self, rows) -> torch.Tensor:
-        """Standardised float32 tensor of the given rows, on the CPU."""
-        return self.prepare(self.raw(rows))
+    def take(self, rows, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Model input for the given rows on ``device``: read in the stored dtype, copied
+        there as it is, and standardised there."""
+        return self.prepare(self.raw(rows).to(device, non_blocking=True))
 
     def __getitem__(self, index):
         return self.take(slice(index, index + 1))[0]
@@ -276,6 +332,19 @@ def random_crop_flip(
     return cropped.permute(0, 3, 1, 2).contiguous()
 
 
+def even_sizes(total: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` consecutive pieces of ``total`` rows, differing by at most one,
+    the larger ones first.
+
+    Examples
+    --------
+    >>> even_sizes(7, 2)
+    [4, 3]
+    """
+    base, extra = divmod(total, parts)
+    return [base + 1] * extra + [base] * (parts - extra)
+
+
 def split_batches(n: int, batch_size: int) -> list[int]:
     """Sizes of the batches an epoch of n samples is cut into.
 
@@ -291,33 +360,32 @@ def split_batches(n: int, batch_size: int) -> list[int]:
     """
     if n < 2:
         raise ValueError(f"need at least 2 samples to form a batch with negatives; got {n}")
-    n_batches = -(-n // batch_size)
-    n_batches = min(n_batches, n // 2)
-    base, extra = divmod(n, n_batches)
-    return [base + 1] * extra + [base] * (n_batches - extra)
+    return even_sizes(n, min(-(-n // batch_size), n // 2))
 
 
 class ShuffledBatches:
-    """Iterable over one epoch: shuffled, nearly equal raw batches of ``(X_batch, None)``.
+    """Iterable over one epoch: shuffled, nearly equal batches of ``(model input, part)``.
 
     Used as skorch's ``iterator_train``. It draws the shuffle from ``generator``, which the
     training call owns and seeds, and reads each batch in one vectorised step, which is
-    faster than a ``DataLoader`` that fetches and collates sample by sample. Batches are raw
-    (:meth:`ArrayBatches.raw`); the net standardises (and augments) them on its device.
-    With ``pin_memory`` (training on CUDA) each batch is put in page-locked memory, so that
-    its copy to the device can run asynchronously, and (``prefetch``, on by default with
-    ``pin_memory``) the next batch is read in a thread while the device works on this one.
-    With ``resident_on`` the whole dataset is copied to that device once and batches are
-    gathered there. With ``parts`` (data-parallel training: a function from a batch's size
-    to this process's part of it, :meth:`dimlearn.distributed.Ranks.part`) every process
-    draws the same batches and yields only its rows of each, with the part as the second
-    element; the processes' parts of an epoch are disjoint and together the whole epoch.
+    faster than a ``DataLoader`` that fetches and collates sample by sample. A batch is read
+    in its stored dtype (:meth:`ArrayBatches.raw`: uint8 stays uint8), copied to ``device``
+    as it is and standardised there (:meth:`ArrayBatches.prepare`). With ``pin_memory``
+    (training on CUDA) each batch is put in page-locked memory, so that its copy to the
+    device can run asynchronously, and (``prefetch``, on by default with ``pin_memory``) the
+    next batch is read in a thread while the device works on this one. With ``resident_on``
+    the whole dataset is copied to that device once and batches are gathered there. With
+    ``parts`` (data-parallel training: a function from a batch's size to this process's part
+    of it, :meth:`dimlearn.distributed.Ranks.part`) every process draws the same batches and
+    yields only its rows of each, with the part as the second element (None otherwise); the
+    processes' parts of an epoch are disjoint and together the whole epoch.
     """
 
     def __init__(
         self,
         dataset: ArrayBatches,
         batch_size: int,
+        device: torch.device | str = "cpu",
         pin_memory: bool = False,
         resident_on: torch.device | None = None,
         generator: torch.Generator | None = None,
@@ -327,7 +395,8 @@ class ShuffledBatches:
         self.parts = parts
         self.generator = generator  # a CPU generator for the shuffle (global RNG when None)
         self.dataset = dataset
-        self.sizes = split_batches(len(dataset), batch_size)
+        self.device = torch.device(device)
+        self.sizes = dataset.batch_sizes(batch_size)
         self.pin_memory = pin_memory
         # read (and pin) the next batch in a thread while the device works on this one
         self.prefetch = pin_memory if prefetch is None else prefetch
@@ -341,6 +410,9 @@ class ShuffledBatches:
         batch = self.dataset.raw(rows)
         return batch.pin_memory() if self.pin_memory else batch
 
+    def _on_device(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.dataset.prepare(raw.to(self.device, non_blocking=True))
+
     def __iter__(self):
         order = torch.randperm(len(self.dataset), generator=self.generator).numpy()
         bounds = np.cumsum([0, *self.sizes])
@@ -352,10 +424,11 @@ class ShuffledBatches:
             batches = [rows[part.rows] for rows, part in zip(batches, parts, strict=True)]
         if self.resident is not None:
             for rows, part in zip(batches, parts, strict=True):
-                yield self.resident[torch.from_numpy(rows).to(self.resident.device)], part
+                rows = torch.from_numpy(rows).to(self.resident.device)
+                yield self.dataset.prepare(self.resident[rows]), part
         elif not self.prefetch:
             for rows, part in zip(batches, parts, strict=True):
-                yield self._host_batch(rows), part
+                yield self._on_device(self._host_batch(rows)), part
         else:
             with ThreadPoolExecutor(max_workers=1) as reader:
                 pending = reader.submit(self._host_batch, batches[0])
@@ -363,16 +436,17 @@ class ShuffledBatches:
                     batch = pending.result()
                     if following is not None:
                         pending = reader.submit(self._host_batch, following)
-                    yield batch, part
+                    yield self._on_device(batch), part
 
 
 class OrderedBatches:
-    """Iterable over a dataset in order, in nearly equal raw batches: skorch's
-    ``iterator_valid``."""
+    """Iterable over a dataset in order, in nearly equal batches of ``(model input, None)``
+    standardised on ``device``: skorch's ``iterator_valid``."""
 
-    def __init__(self, dataset: ArrayBatches, batch_size: int):
+    def __init__(self, dataset: ArrayBatches, batch_size: int, device="cpu"):
         self.dataset = dataset
-        self.sizes = split_batches(len(dataset), batch_size)
+        self.device = torch.device(device)
+        self.sizes = dataset.batch_sizes(batch_size)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -380,4 +454,4 @@ class OrderedBatches:
     def __iter__(self):
         bounds = np.cumsum([0, *self.sizes])
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            yield self.dataset.raw(slice(int(start), int(stop))), None
+            yield self.dataset.take(slice(int(start), int(stop)), self.device), None

@@ -9,9 +9,11 @@ to *minimise*.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 LOG_2 = math.log(2.0)
 
@@ -81,44 +83,61 @@ def dv_mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tens
 MI_ESTIMATORS = {"jsd": jsd_mi_loss, "infonce": infonce_mi_loss, "dv": dv_mi_loss}
 
 
-def global_mi_loss(
-    pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str = "jsd"
-) -> torch.Tensor:
-    """Global MI term: the chosen estimator's loss for the global critic T1.
+def mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str = "jsd"):
+    """An MI term: the chosen estimator's loss on a critic's scores, in float32.
+
+    The global term passes the global critic's scores, the local terms the local critics'
+    scores at every position of the local map (averaged over positions by the estimator).
 
     Parameters
     ----------
-    pos_scores : Tensor of shape (B,)
-        ``T1(x_i, z_i)``.
-    neg_scores : Tensor of shape (B,) or (B, K)
-        ``T1(x_j, z_i)`` for K other images j of the batch (the Keras reference: K = 1, j = pi(i)).
+    pos_scores : Tensor of shape (B,) (global) or (B, h, w) (local)
+        Scores of the matched pairs: ``T1(x_i, z_i)`` or ``T2(C_ij(x_b), z_b)``.
+    neg_scores : Tensor of shape (B, K, ...) or, for K = 1, the shape of ``pos_scores``
+        Scores of each code against K other images of the batch, at the same positions
+        (the Keras reference: K = 1, the image ``pi(i)``).
     estimator : {"jsd", "infonce", "dv"}
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(mi_loss(torch.zeros(4, 2, 2), torch.zeros(4, 3, 2, 2), "infonce").item(), 4)
+    1.3863
     """
-    return _mi_loss(pos_scores, neg_scores, estimator)
-
-
-def local_mi_loss(
-    pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str = "jsd"
-) -> torch.Tensor:
-    """Local MI term: the estimator's loss for the local critic T2, averaged over positions.
-
-    Parameters
-    ----------
-    pos_scores : Tensor of shape (B, h, w)
-        ``T2(C_ij(x_b), z_b)`` at every position.
-    neg_scores : Tensor of shape (B, h, w) or (B, K, h, w)
-        ``T2(C_ij(x_j), z_b)`` for K other images j, at the same position.
-    estimator : {"jsd", "infonce", "dv"}
-    """
-    return _mi_loss(pos_scores, neg_scores, estimator)
-
-
-def _mi_loss(pos_scores, neg_scores, estimator):
     # float32 whatever the autocast precision: log-sum-exp and softplus need the range
     pos_scores, neg_scores = pos_scores.float(), neg_scores.float()
     if neg_scores.dim() == pos_scores.dim():
         neg_scores = neg_scores.unsqueeze(1)
     return MI_ESTIMATORS[estimator](pos_scores, neg_scores)
+
+
+class DeepInfomaxLoss(nn.Module):
+    """The training criterion: ``alpha * global + beta * local + gamma * prior + delta *
+    local_local``, from the terms a batch's forward pass returns.
+
+    Terms of weight 0 are not requested from the module at all (:attr:`active_terms`), so
+    their critics cost nothing.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = DeepInfomaxLoss({"global": 0.5, "local": 0.0, "prior": 2.0})
+    >>> loss.active_terms
+    ('global', 'prior')
+    >>> loss({"global": torch.tensor(1.0), "prior": torch.tensor(3.0)}).item()
+    6.5
+    """
+
+    def __init__(self, weights: Mapping[str, float]):
+        super().__init__()
+        self.weights = dict(weights)
+
+    @property
+    def active_terms(self) -> tuple[str, ...]:
+        return tuple(name for name, weight in self.weights.items() if weight > 0)
+
+    def forward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[name] * value for name, value in terms.items())
 
 
 def prior_kl(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -18,17 +18,13 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
-from skorch.history import History
 
+from .config import TrainingConfig
 from .estimator import DeepInfomaxTransformer
-from .inputs import Layout
-from .networks import fold_biases_into_batch_norm
-from .state import OPTIONAL_PARTS
-from .training import build_module
+from .fitted import FittedState
 
 FORMAT_NAME = "dimlearn.model"
 FORMAT_VERSION = 2
@@ -37,9 +33,6 @@ FORMAT_VERSION = 2
 1 (dimlearn 0.2): the checksum covers the weights only; the encoder's layers before a
 BatchNorm have biases, which :func:`load` folds into the BatchNorm's running mean.
 2 (dimlearn 0.3): the checksum covers the description (JSON) and the weights."""
-
-ALWAYS_SAVED = ("encoder", "local_critic")
-"""What ``transform`` (the encoder) and ``score`` (the local critic) need."""
 
 _HEADER_LIMIT = 100_000_000  # the safetensors format's own limit on its JSON header
 
@@ -90,7 +83,7 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
     from safetensors.torch import save as to_bytes
 
     check_is_fitted(estimator)
-    if include_training_state and not hasattr(estimator, "random_state_"):
+    if include_training_state and not FittedState.of(estimator).has_training_state:
         raise ValueError(
             "include_training_state=True, but this model holds no training state: it was "
             "loaded from a file saved without it, so Adam's moments, the critics of other "
@@ -98,19 +91,26 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
             "include_training_state, or train it on (warm_start=True, or partial_fit), "
             "which starts that state afresh, and save it then."
         )
-    tensors = {
-        f"module.{key}": value.detach().to("cpu").contiguous()
-        for key, value in estimator.module_.state_dict().items()
-        if include_training_state or key.split(".")[0] in ALWAYS_SAVED
+    plain = FittedState.of(estimator).to_plain(include_training_state)
+    tensors = {f"module.{key}": torch.from_numpy(value) for key, value in plain["weights"].items()}
+    for name, moments in plain.get("optimizer", {}).items():
+        for key, value in moments.items():
+            tensors[f"optimizer.{name}.{key}"] = torch.from_numpy(value)
+    payload = {
+        "estimator": type(estimator).__name__,
+        "versions": {
+            "dimlearn": _dimlearn_version(),
+            "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
+        "params": _params(estimator),
+        "fitted": plain["fitted"],
+        "history": plain["history"],
+        "training_state": include_training_state,
     }
-    payload = _describe(estimator)
     if include_training_state:
-        for name, state in getattr(estimator, "_optimizer_state", {}).items():
-            for key, value in state.items():
-                tensors[f"optimizer.{name}.{key}"] = value.detach().to("cpu").contiguous()
-        payload["random_state_"] = _rng_to_json(estimator.random_state_)
-    payload["training_state"] = include_training_state
-    description = json.dumps(payload, default=_plain)
+        payload["random_state_"] = plain["random_state"]
+    description = json.dumps(payload)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -198,7 +198,7 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
             "altered or damaged after it was saved. Save or copy the model again."
         )
     try:
-        estimator = _rebuild(payload, tensors, version)
+        estimator = _rebuild(payload, tensors)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
@@ -215,60 +215,14 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
 # -- writing ----------------------------------------------------------------------------
 
 
-def _describe(estimator) -> dict:
+def _params(estimator) -> dict:
     params = estimator.get_params(deep=False)
     if not (params["random_state"] is None or isinstance(params["random_state"], int)):
         params["random_state"] = None  # a RandomState instance: its stream is the fitted one
     params["device"] = str(params["device"])
     if params["image_shape"] is not None:
         params["image_shape"] = [int(s) for s in params["image_shape"]]
-    layout = estimator.layout_
-    fitted = {
-        "sample_shape_": list(estimator.sample_shape_),
-        "input_mean_": np.asarray(estimator.input_mean_, dtype=np.float64).tolist(),
-        "input_scale_": np.asarray(estimator.input_scale_, dtype=np.float64).tolist(),
-        "n_iter_": int(estimator.n_iter_),
-        "loss_curve_": [float(v) for v in estimator.loss_curve_],
-        "layout": {
-            "kind": layout.kind,
-            "sample_shape": list(layout.sample_shape),
-            "image_shape": None if layout.image_shape is None else list(layout.image_shape),
-            "channels_last": bool(layout.channels_last),
-        },
-    }
-    if hasattr(estimator, "feature_names_in_"):
-        fitted["feature_names_in_"] = [str(name) for name in estimator.feature_names_in_]
-    return {
-        "estimator": type(estimator).__name__,
-        "versions": {
-            "dimlearn": _dimlearn_version(),
-            "torch": torch.__version__,
-            "scikit-learn": sklearn.__version__,
-        },
-        "params": params,
-        "fitted": fitted,
-        "history": [dict(entry) for entry in estimator.history_],
-    }
-
-
-def _plain(value):
-    """JSON fallback for numpy and torch scalars and arrays in the history."""
-    if isinstance(value, np.generic | torch.Tensor):
-        return value.tolist() if getattr(value, "ndim", 0) else value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in a model file")
-
-
-def _rng_to_json(rng: np.random.RandomState) -> dict:
-    name, keys, pos, has_gauss, cached = rng.get_state()
-    return {
-        "bit_generator": name,
-        "keys": keys.tolist(),
-        "pos": pos,
-        "has_gauss": has_gauss,
-        "cached_gaussian": cached,
-    }
+    return params
 
 
 def _digest(tensors: dict, description: str | None = None) -> str:
@@ -345,7 +299,7 @@ def _read_tensors(data: bytes, path: Path) -> dict:
         ) from None
 
 
-def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransformer:
+def _rebuild(payload: dict, tensors: dict) -> DeepInfomaxTransformer:
     """A fitted estimator from a file's JSON and tensors, every field checked."""
     if payload["estimator"] != DeepInfomaxTransformer.__name__:
         raise ModelFileError(f"it holds a {payload['estimator']!r}, not a DeepInfomaxTransformer")
@@ -357,148 +311,20 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
         params["image_shape"] = tuple(params["image_shape"])
     estimator = DeepInfomaxTransformer(**params)
     estimator._validate_params()  # sklearn's InvalidParameterError is a ValueError
-
-    fitted = payload["fitted"]
-    layout = _layout_from_json(fitted["layout"])
-    sample_shape = _positive_ints(fitted["sample_shape_"], "sample_shape_")
-    if sample_shape != layout.sample_shape:
-        raise ModelFileError(f"sample_shape_ {sample_shape} disagrees with the layout")
-    n_stats = layout.channels
-    mean = _floats(fitted["input_mean_"], "input_mean_", n_stats)
-    scale = _floats(fitted["input_scale_"], "input_scale_", n_stats)
-    if (scale <= 0).any():
-        raise ModelFileError("input_scale_ holds values <= 0")
-
-    module, folded = _module_from_tensors(params, layout, tensors, version)
-    state = {
-        "module_": module,
-        "sample_shape_": sample_shape,
-        "input_mean_": mean,
-        "input_scale_": scale,
-        "n_features_in_": int(np.prod(sample_shape)),
-        "n_iter_": _count(fitted["n_iter_"], "n_iter_"),
-        "loss_curve_": [float(v) for v in fitted["loss_curve_"]],
-        "history_": History([dict(entry) for entry in payload["history"]]),
-        "layout_": layout,
-    }
-    if "feature_names_in_" in fitted:
-        names = [str(name) for name in fitted["feature_names_in_"]]
-        if len(names) != state["n_features_in_"]:
-            raise ModelFileError("feature_names_in_ has the wrong length")
-        state["feature_names_in_"] = np.asarray(names, dtype=object)
-    if payload["training_state"]:
-        state["_optimizer_state"] = _optimizer_state_from_tensors(module, tensors, folded)
-        state["random_state_"] = _rng_from_json(payload["random_state_"])
-    estimator.__dict__.update(state)
-    return estimator
-
-
-def _layout_from_json(raw: dict) -> Layout:
-    kind = raw["kind"]
-    if kind not in ("image", "tabular"):
-        raise ModelFileError(f"layout kind {kind!r} is neither 'image' nor 'tabular'")
-    sample_shape = _positive_ints(raw["sample_shape"], "layout.sample_shape")
-    image_shape = raw["image_shape"]
-    if kind == "image":
-        image_shape = _positive_ints(image_shape, "layout.image_shape")
-        if len(image_shape) != 3 or np.prod(image_shape) != np.prod(sample_shape):
-            raise ModelFileError(f"image shape {image_shape} does not fit samples {sample_shape}")
-    elif image_shape is not None or len(sample_shape) != 1:
-        raise ModelFileError("a tabular layout has one feature axis and no image shape")
-    if not isinstance(raw["channels_last"], bool):
-        raise ModelFileError("layout.channels_last is not true or false")
-    return Layout(kind, sample_shape, image_shape, raw["channels_last"])
-
-
-def _module_from_tensors(params: dict, layout: Layout, tensors: dict, version: int):
-    """Build the networks the parameters describe and fill them with the file's weights;
-    also the names of the weights of an older format that were folded into others."""
-    weights = {k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")}
-    parts = {key.split(".")[0] for key in weights}
-    missing_parts = set(ALWAYS_SAVED) - parts
-    if missing_parts:
-        raise ModelFileError(f"the weights of {sorted(missing_parts)} are missing")
-    foreign = parts - set(ALWAYS_SAVED) - set(OPTIONAL_PARTS)
-    if foreign:
-        raise ModelFileError(f"weights of unknown parts {sorted(foreign)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # every weight is overwritten below
-        module = build_module(params, layout)
-    for part in OPTIONAL_PARTS:
-        if part not in parts:
-            setattr(module, part, None)
-        elif getattr(module, part, None) is None:
-            raise ModelFileError(f"it holds {part} weights that its parameters do not use")
-    folded = fold_biases_into_batch_norm(weights, module) if version == 1 else []
-    expected = module.state_dict()
-    wrong = sorted(
-        f"{key} is {tuple(weights[key].shape) if key in weights else 'missing'} in the file, "
-        f"{tuple(value.shape)} by the parameters"
-        for key, value in expected.items()
-        if key not in weights
-        or weights[key].shape != value.shape
-        or weights[key].dtype != value.dtype
-    )
-    extra = sorted(set(weights) - set(expected))
-    if wrong or extra:
-        shown = "; ".join(wrong[:3] + [f"{key} (not in the networks)" for key in extra[:3]])
-        raise ModelFileError(
-            f"its weights do not fit the networks its parameters describe: {shown}"
-            f"{' ...' if len(wrong) + len(extra) > 3 else ''}"
-        )
-    module.load_state_dict(weights)
-    return module.eval(), folded
-
-
-def _optimizer_state_from_tensors(module, tensors: dict, folded=()) -> dict:
-    params = dict(module.named_parameters())
-    state: dict = {}
+    plain = {"fitted": payload["fitted"], "history": payload["history"], "weights": {}}
+    optimizer: dict = {}
     for key, value in tensors.items():
-        if not key.startswith("optimizer."):
-            continue
-        name, _, field = key.removeprefix("optimizer.").rpartition(".")
-        if name in folded:  # Adam's moments of a weight that no longer exists
-            continue
-        if name not in params:
-            raise ModelFileError(f"optimiser state for an unknown weight {name!r}")
-        if field != "step" and value.shape != params[name].shape:
-            raise ModelFileError(f"optimiser state {key} has the wrong shape")
-        state.setdefault(name, {})[field] = value
-    return state
-
-
-def _rng_from_json(raw: dict) -> np.random.RandomState:
-    keys = np.asarray(raw["keys"], dtype=np.uint32)
-    rng = np.random.RandomState()
-    rng.set_state(
-        (
-            raw["bit_generator"],
-            keys,
-            int(raw["pos"]),
-            int(raw["has_gauss"]),
-            float(raw["cached_gaussian"]),
-        )
-    )
-    return rng
-
-
-def _positive_ints(raw, name: str) -> tuple:
-    values = tuple(raw)
-    if not values or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
-    ):
-        raise ModelFileError(f"{name} must be a list of positive integers, not {raw!r}")
-    return values
-
-
-def _floats(raw, name: str, length: int) -> np.ndarray:
-    values = np.asarray(raw, dtype=np.float64)
-    if values.shape != (length,) or not np.isfinite(values).all():
-        raise ModelFileError(f"{name} must be {length} finite numbers")
-    return values
-
-
-def _count(raw, name: str) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
-        raise ModelFileError(f"{name} must be a non-negative integer, not {raw!r}")
-    return raw
+        kind, _, name = key.partition(".")
+        if kind == "module":
+            plain["weights"][name] = value
+        elif kind == "optimizer":
+            weight, _, field = name.rpartition(".")
+            optimizer.setdefault(weight, {})[field] = value
+        else:
+            raise ModelFileError(f"it holds a tensor {key!r} of no known kind")
+    if payload["training_state"]:
+        plain["optimizer"] = optimizer
+        plain["random_state"] = payload["random_state_"]
+    state = FittedState.from_plain(plain, TrainingConfig.from_params(estimator.get_params()))
+    state.write_to(estimator)
+    return estimator

@@ -1,6 +1,16 @@
+from types import MappingProxyType
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+
+
+@pytest.fixture(scope="session")
+def fast():
+    """The fast settings of most tests: a tiny network (width 4, 8-d codes), 2 epochs,
+    seeded. A fresh dict each time: ``DeepInfomaxTransformer(**fast, ...)``,
+    ``dict(fast, max_epochs=3)``."""
+    return MappingProxyType(dict(max_epochs=2, width=4, latent_dim=8, random_state=0))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 
-from dimlearn import load
+from dimlearn import DeepInfomaxTransformer, load
 from dimlearn.cli import main
 
 Image = pytest.importorskip("PIL.Image")
@@ -135,3 +135,17 @@ def test_the_console_script_is_declared_and_python_m_runs(tmp_path):
         [sys.executable, "-m", "dimlearn", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "fit" in result.stdout and "search" in result.stdout
+
+
+def test_fit_takes_its_defaults_from_the_estimator():
+    from dimlearn.cli import build_parser
+
+    args = build_parser().parse_args(["fit", "photos/", "--out", "model.safetensors"])
+    defaults = DeepInfomaxTransformer().get_params()
+    for name in ("max_epochs", "max_time", "latent_dim", "width", "batch_size", "lr", "device"):
+        assert getattr(args, name) == defaults[name], name
+    assert (args.alpha, args.beta, args.gamma) == (
+        defaults["alpha"],
+        defaults["beta"],
+        defaults["gamma"],
+    )

@@ -13,13 +13,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 
-import dimlearn.callbacks
 import dimlearn.estimator as estimator_module
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.infomax import DeepInfomaxModule
 from tests.conftest import SUM_ROUNDING, small_images
 
-FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
 KERAS_FORM = dict(
     alpha=0.5,
     beta=1.0,
@@ -115,21 +112,21 @@ def test_model_asking_for_cuda_transforms_on_cpu_with_a_warning(fitted_digits, t
 # -- fit / transform contract -----------------------------------------------------------
 
 
-def test_same_random_state_gives_bit_identical_transforms_on_cpu(digit_images):
+def test_same_random_state_gives_bit_identical_transforms_on_cpu(digit_images, fast):
     X, _ = digit_images
-    a = DeepInfomaxTransformer(**FAST).fit(X[:200]).transform(X[:200])
-    b = DeepInfomaxTransformer(**FAST).fit(X[:200]).transform(X[:200])
+    a = DeepInfomaxTransformer(**fast).fit(X[:200]).transform(X[:200])
+    b = DeepInfomaxTransformer(**fast).fit(X[:200]).transform(X[:200])
     np.testing.assert_array_equal(a, b)
-    c = DeepInfomaxTransformer(**{**FAST, "random_state": 1}).fit(X[:200]).transform(X[:200])
+    c = DeepInfomaxTransformer(**{**fast, "random_state": 1}).fit(X[:200]).transform(X[:200])
     assert not np.array_equal(a, c)
 
 
-def test_fit_leaves_torch_global_rng_alone(digit_images):
+def test_fit_leaves_torch_global_rng_alone(digit_images, fast):
     X, _ = digit_images
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    DeepInfomaxTransformer(**FAST).fit(X[:100])
+    DeepInfomaxTransformer(**fast).fit(X[:100])
     torch.testing.assert_close(torch.rand(3), expected)
 
 
@@ -140,10 +137,10 @@ def test_transform_returns_float32_code_means(fitted_digits):
     np.testing.assert_array_equal(codes, dim.transform(X[:10]))  # the mean, not a sample
 
 
-def test_fit_transform_equals_fit_then_transform(digit_images):
+def test_fit_transform_equals_fit_then_transform(digit_images, fast):
     X, _ = digit_images
-    a = DeepInfomaxTransformer(**FAST).fit_transform(X[:100])
-    b = DeepInfomaxTransformer(**FAST).fit(X[:100]).transform(X[:100])
+    a = DeepInfomaxTransformer(**fast).fit_transform(X[:100])
+    b = DeepInfomaxTransformer(**fast).fit(X[:100]).transform(X[:100])
     np.testing.assert_array_equal(a, b)
 
 
@@ -164,10 +161,10 @@ def test_transform_runs_in_batches(fitted_digits, monkeypatch):
     np.testing.assert_allclose(batched, full, rtol=0, atol=SUM_ROUNDING * np.abs(full).max())
 
 
-def test_history_records_loss_and_each_term_per_epoch(digit_images, fitted_digits):
+def test_history_records_loss_and_each_term_per_epoch(digit_images, fitted_digits, fast):
     assert fitted_digits[0].n_iter_ == 5 and len(fitted_digits[0].loss_curve_) == 5
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**{**FAST, **KERAS_FORM}).fit(X[:100])  # all three terms
+    dim = DeepInfomaxTransformer(**{**fast, **KERAS_FORM}).fit(X[:100])  # all three terms
     last = dim.history_[-1]
     for key in ("train_loss", "train_global", "train_local", "train_prior"):
         assert np.isfinite(last[key])
@@ -175,9 +172,9 @@ def test_history_records_loss_and_each_term_per_epoch(digit_images, fitted_digit
     assert last["train_loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_zero_weight_terms_are_not_computed(digit_images):
+def test_zero_weight_terms_are_not_computed(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**{**FAST, "alpha": 0.0, "gamma": 0.0}).fit(X[:60])
+    dim = DeepInfomaxTransformer(**{**fast, "alpha": 0.0, "gamma": 0.0}).fit(X[:60])
     assert "train_local" in dim.history_[-1]
     assert "train_global" not in dim.history_[-1] and "train_prior" not in dim.history_[-1]
 
@@ -186,76 +183,6 @@ def test_training_lowers_the_loss(digit_images):
     X, _ = digit_images
     dim = DeepInfomaxTransformer(max_epochs=8, width=8, latent_dim=8, random_state=0).fit(X[:400])
     assert dim.loss_curve_[-1] < dim.loss_curve_[0] - 0.2
-
-
-class BatchClock:
-    """A fake ``dimlearn.callbacks.clock``: exactly 1.0 "second" passes per training batch.
-
-    It is advanced by the training step (``DeepInfomaxModule.terms`` in training mode, which
-    ``DeepInfomaxNet.train_step_single`` calls once per batch), so a budget is counted in
-    batches and does not depend on how busy the machine is.
-    """
-
-    def __init__(self, monkeypatch):
-        self.now = 0.0
-        self.train_batches = 0
-        original = DeepInfomaxModule.terms
-
-        def terms(module, x, names):
-            if module.training:
-                self.now += 1.0
-                self.train_batches += 1
-            return original(module, x, names)
-
-        monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
-        monkeypatch.setattr(dimlearn.callbacks, "clock", self)
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# 30 samples in batches of 10: every epoch is exactly 3 batches, i.e. 3 fake seconds
-BUDGET = dict(FAST, max_epochs=100, batch_size=10)
-
-
-def fit_on_the_batch_clock(monkeypatch, max_time):
-    clock = BatchClock(monkeypatch)
-    X = small_images(n=30)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dim = DeepInfomaxTransformer(**BUDGET, max_time=max_time).fit(X)
-    # a stop by the budget is expected: it is not reported as an interruption
-    assert not [w for w in caught if "interrupted" in str(w.message)]
-    return dim, clock
-
-
-def test_max_time_stops_before_an_epoch_that_would_overrun(monkeypatch):
-    # after epoch 1: 3 s spent + 3 s predicted = 6 <= 7.5, go on; after epoch 2: 6 + 3 > 7.5
-    dim, clock = fit_on_the_batch_clock(monkeypatch, max_time=7.5)
-    assert clock.train_batches == 6 and clock.now == 6.0
-    assert dim.n_iter_ == 2 and len(dim.history_) == 2 and len(dim.loss_curve_) == 2
-    assert dim.history_[-1]["stopped_by_time"] is True
-    assert "stopped_by_time" not in dim.history_[0]
-    for entry in dim.history_:  # whole epochs (skorch counts their batches itself)
-        assert entry["train_batch_count"] == 3 and len(entry["batches"]) == 3
-        assert "epoch_fraction" not in entry
-    assert np.all(np.isfinite(dim.loss_curve_))
-
-
-def test_max_time_cuts_an_epoch_longer_than_the_budget_at_a_batch_end(monkeypatch):
-    # batch 1 ends at 1 s < 1.5; batch 2 ends at 2 s >= 1.5: stop there, batch 3 never runs
-    dim, clock = fit_on_the_batch_clock(monkeypatch, max_time=1.5)
-    assert clock.train_batches == 2 and clock.now == 2.0
-    assert dim.n_iter_ == 1 and len(dim.history_) == 1
-    last = dim.history_[-1]
-    assert last["stopped_by_time"] is True
-    assert last["train_batch_count"] == 2 and len(last["batches"]) == 2
-    assert last["epoch_fraction"] == pytest.approx(2 / 3, abs=1e-12)
-    assert len(dim.loss_curve_) == 1 and np.isfinite(dim.loss_curve_[0])
-    batch_losses = [batch["train_loss"] for batch in last["batches"]]
-    # the cut epoch's loss is the mean of the batches that ran (both of 10 samples)
-    assert dim.loss_curve_[0] == pytest.approx(np.mean(batch_losses), rel=1e-6)
-    assert np.all(np.isfinite(dim.transform(small_images(n=4))))
 
 
 def test_feature_names_and_pandas_output(fitted_digits):
@@ -267,17 +194,17 @@ def test_feature_names_and_pandas_output(fitted_digits):
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(names)
 
 
-def test_verbose_prints_epoch_table_and_progress_bar(digit_images, capsys):
+def test_verbose_prints_epoch_table_and_progress_bar(digit_images, capsys, fast):
     X, _ = digit_images
-    DeepInfomaxTransformer(**{**FAST, "verbose": 1}).fit(X[:60])
+    DeepInfomaxTransformer(**{**fast, "verbose": 1}).fit(X[:60])
     captured = capsys.readouterr()
     assert "train_loss" in captured.out and "train_local" in captured.out
     assert "it/s" in captured.err or "%" in captured.err
 
 
-def test_silent_by_default(digit_images, capsys):
+def test_silent_by_default(digit_images, capsys, fast):
     X, _ = digit_images
-    DeepInfomaxTransformer(**FAST).fit(X[:60])
+    DeepInfomaxTransformer(**fast).fit(X[:60])
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
@@ -286,7 +213,7 @@ def test_silent_by_default(digit_images, capsys):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
-def test_every_image_layout_gives_the_same_model(dtype):
+def test_every_image_layout_gives_the_same_model(dtype, fast):
     hwc = small_images(n=20, shape=(9, 10, 3), dtype=dtype)
     variants = {
         "hwc": (hwc, {}),
@@ -294,41 +221,41 @@ def test_every_image_layout_gives_the_same_model(dtype):
         "flat": (hwc.reshape(20, -1), {"image_shape": (9, 10, 3)}),
     }
     codes = {
-        name: DeepInfomaxTransformer(**FAST, **params).fit(X).transform(X)
+        name: DeepInfomaxTransformer(**fast, **params).fit(X).transform(X)
         for name, (X, params) in variants.items()
     }
     np.testing.assert_allclose(codes["chw"], codes["hwc"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(codes["flat"], codes["hwc"], rtol=1e-4, atol=1e-5)
 
 
-def test_uint8_and_float_images_give_the_same_model():
+def test_uint8_and_float_images_give_the_same_model(fast):
     X = small_images(n=20, shape=(8, 8))
-    a = DeepInfomaxTransformer(**FAST).fit(X).transform(X)
-    b = DeepInfomaxTransformer(**FAST).fit(X / 255.0).transform(X / 255.0)
+    a = DeepInfomaxTransformer(**fast).fit(X).transform(X)
+    b = DeepInfomaxTransformer(**fast).fit(X / 255.0).transform(X / 255.0)
     # the standardised inputs differ by the rounding of x / 255 alone, and both fits add
     # them up in the same order: the codes agree within one sum's rounding of their size
     np.testing.assert_allclose(a, b, rtol=0, atol=SUM_ROUNDING * np.abs(a).max())
 
 
-def test_grey_images_and_explicit_channels_first():
+def test_grey_images_and_explicit_channels_first(fast):
     grey = small_images(n=12, shape=(8, 8))
-    assert DeepInfomaxTransformer(**FAST).fit_transform(grey).shape == (12, 8)
+    assert DeepInfomaxTransformer(**fast).fit_transform(grey).shape == (12, 8)
     many_channels = small_images(n=12, shape=(6, 8, 8)).astype(np.float32)
-    dim = DeepInfomaxTransformer(**FAST, image_layout="channels_first")
+    dim = DeepInfomaxTransformer(**fast, image_layout="channels_first")
     assert dim.fit_transform(many_channels).shape == (12, 8)
 
 
-def test_tabular_rows_use_the_mlp_encoder():
+def test_tabular_rows_use_the_mlp_encoder(fast):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 7))
-    dim = DeepInfomaxTransformer(**FAST).fit(X)
+    dim = DeepInfomaxTransformer(**fast).fit(X)
     assert type(dim.module_.encoder).__name__ == "MLPEncoder"
     assert dim.transform(X).shape == (50, 8)
 
 
-def test_list_input_is_accepted(digit_images):
+def test_list_input_is_accepted(digit_images, fast):
     X, _ = digit_images
-    codes = DeepInfomaxTransformer(**FAST).fit(X[:20].tolist()).transform(X[:5].tolist())
+    codes = DeepInfomaxTransformer(**fast).fit(X[:20].tolist()).transform(X[:5].tolist())
     assert codes.shape == (5, 8)
 
 
@@ -359,28 +286,28 @@ def no_training(monkeypatch):
         (np.zeros((4, 3, 16, 3)), ValueError, "Cannot tell whether"),
     ],
 )
-def test_bad_input_is_refused_before_training(no_training, X, error, match):
+def test_bad_input_is_refused_before_training(no_training, X, error, match, fast):
     with pytest.raises(error, match=match):
-        DeepInfomaxTransformer(**FAST).fit(X)
+        DeepInfomaxTransformer(**fast).fit(X)
 
 
-def test_nan_in_images_is_refused(no_training):
+def test_nan_in_images_is_refused(no_training, fast):
     X = small_images(shape=(8, 8)).astype(float)
     X[3, 2, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        DeepInfomaxTransformer(**FAST).fit(X)
+        DeepInfomaxTransformer(**fast).fit(X)
 
 
-def test_unknown_device_is_refused(no_training):
+def test_unknown_device_is_refused(no_training, fast):
     with pytest.raises(ValueError, match="Unknown device 'gpu0'"):
-        DeepInfomaxTransformer(**{**FAST, "device": "gpu0"}).fit(small_images())
+        DeepInfomaxTransformer(**{**fast, "device": "gpu0"}).fit(small_images())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
-def test_cuda_without_cuda_is_refused(no_training, device):
+def test_cuda_without_cuda_is_refused(no_training, device, fast):
     with pytest.raises(ValueError, match="CUDA is not available here.*device='cpu'"):
-        DeepInfomaxTransformer(**{**FAST, "device": device}).fit(small_images())
+        DeepInfomaxTransformer(**{**fast, "device": device}).fit(small_images())
 
 
 def test_auto_device_picks_cpu_without_cuda():
@@ -388,22 +315,22 @@ def test_auto_device_picks_cpu_without_cuda():
     assert estimator_module.resolve_device("auto").type == expected
 
 
-def test_no_mi_term_is_refused(no_training):
+def test_no_mi_term_is_refused(no_training, fast):
     with pytest.raises(ValueError, match="alpha and beta are both 0"):
-        DeepInfomaxTransformer(**{**FAST, "alpha": 0, "beta": 0}).fit(small_images())
+        DeepInfomaxTransformer(**{**fast, "alpha": 0, "beta": 0}).fit(small_images())
 
 
 @pytest.mark.parametrize(
     ("param", "value"), [("alpha", -1.0), ("latent_dim", 0), ("batch_size", 1), ("lr", 0.0)]
 )
-def test_invalid_parameters_are_refused(no_training, param, value):
+def test_invalid_parameters_are_refused(no_training, param, value, fast):
     with pytest.raises(ValueError, match=f"'{param}' parameter"):
-        DeepInfomaxTransformer(**{**FAST, param: value}).fit(small_images())
+        DeepInfomaxTransformer(**{**fast, param: value}).fit(small_images())
 
 
-def test_flat_input_with_wrong_image_shape_is_refused(no_training):
+def test_flat_input_with_wrong_image_shape_is_refused(no_training, fast):
     with pytest.raises(ValueError, match="image_shape=\\(8, 9\\) holds 72 values"):
-        DeepInfomaxTransformer(**FAST, image_shape=(8, 9)).fit(np.zeros((5, 64)))
+        DeepInfomaxTransformer(**fast, image_shape=(8, 9)).fit(np.zeros((5, 64)))
 
 
 @pytest.mark.parametrize(
@@ -429,11 +356,11 @@ def test_unfitted_transform_raises_not_fitted():
         DeepInfomaxTransformer().transform(small_images())
 
 
-def test_no_warnings_on_a_clean_fit(digit_images):
+def test_no_warnings_on_a_clean_fit(digit_images, fast):
     X, _ = digit_images
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        DeepInfomaxTransformer(**FAST).fit(X[:40]).transform(X[:10])
+        DeepInfomaxTransformer(**fast).fit(X[:40]).transform(X[:10])
 
 
 @pytest.mark.parametrize(
@@ -444,9 +371,9 @@ def test_no_warnings_on_a_clean_fit(digit_images):
         {"negatives": "shuffle", "critic": "dot", "mi_estimator": "dv"},
     ],
 )
-def test_objective_variants_fit_and_transform(digit_images, variant):
+def test_objective_variants_fit_and_transform(digit_images, variant, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST, **variant).fit(X[:64])
+    dim = DeepInfomaxTransformer(**fast, **variant).fit(X[:64])
     assert np.isfinite(dim.loss_curve_).all()
     assert dim.transform(X[:5]).shape == (5, 8)
 
@@ -478,22 +405,50 @@ def test_fc_level_is_what_the_code_is_read_from(fitted_digits):
     np.testing.assert_allclose(mu.numpy(), dim.transform(X[:5]), rtol=1e-5, atol=1e-5)
 
 
-def test_tabular_feature_levels():
+def test_tabular_feature_levels(fast):
     X = np.random.default_rng(0).normal(size=(30, 5))
-    dim = DeepInfomaxTransformer(**FAST).fit(X)
+    dim = DeepInfomaxTransformer(**fast).fit(X)
     assert dim.set_params(feature_level="conv").transform(X).shape == (30, 16)
     assert dim.set_params(feature_level="fc").transform(X).shape == (30, 16)
 
 
-def test_augmentation_trains_and_is_reproducible():
+def test_augmentation_trains_and_is_reproducible(fast):
     X = small_images(n=24, shape=(16, 16, 3))
-    a = DeepInfomaxTransformer(**FAST, augment=True).fit(X).transform(X)
-    b = DeepInfomaxTransformer(**FAST, augment=True).fit(X).transform(X)
-    c = DeepInfomaxTransformer(**FAST).fit(X).transform(X)
+    a = DeepInfomaxTransformer(**fast, augment=True).fit(X).transform(X)
+    b = DeepInfomaxTransformer(**fast, augment=True).fit(X).transform(X)
+    c = DeepInfomaxTransformer(**fast).fit(X).transform(X)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-def test_augmentation_of_tabular_rows_is_refused(no_training):
+def test_augmentation_of_tabular_rows_is_refused(no_training, fast):
     with pytest.raises(ValueError, match="augment=True crops and flips images"):
-        DeepInfomaxTransformer(**FAST, augment=True).fit(np.zeros((5, 3)))
+        DeepInfomaxTransformer(**fast, augment=True).fit(np.zeros((5, 3)))
+
+
+# -- options beyond the Keras reference ---------------------------------------------------
+
+
+@pytest.mark.parametrize("prior", ["kl", "kl_mean", "adversarial"])
+def test_each_prior_form_trains(digit_images, prior, fast):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**fast, gamma=0.5, prior=prior).fit(X[:64])
+    prior_curve = dim.history_[:, "train_prior"]
+    assert np.isfinite(prior_curve).all() and len(prior_curve) == 2
+    assert dim.transform(X[:3]).shape == (3, 8)
+
+
+@pytest.mark.parametrize("negatives", ["all", "shuffle"])
+def test_local_local_term_trains_with_its_own_weight(digit_images, negatives, fast):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**fast, delta=0.5, negatives=negatives).fit(X[:64])
+    assert np.isfinite(dim.history_[:, "train_local_local"]).all()
+    assert hasattr(dim.module_, "local_local_critic")
+
+
+def test_local_local_on_tabular_rows_is_refused(monkeypatch, fast):
+    import dimlearn.estimator as estimator_module
+
+    monkeypatch.setattr(estimator_module, "train_networks", lambda *a, **k: 1 / 0)
+    with pytest.raises(ValueError, match="delta > 0"):
+        DeepInfomaxTransformer(**fast, delta=1.0).fit(np.random.default_rng(0).random((20, 5)))

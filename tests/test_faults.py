@@ -17,15 +17,12 @@ from sklearn.utils.validation import check_is_fitted
 from dimlearn import DeepInfomaxTransformer, NonFiniteLossError
 from dimlearn.infomax import DeepInfomaxModule
 
-FAST = dict(max_epochs=3, width=4, latent_dim=8, random_state=0)
-
-
 # -- non-finite losses --------------------------------------------------------------------
 
 
-def test_a_huge_learning_rate_stops_the_first_fit_and_leaves_it_unfitted(digit_images):
+def test_a_huge_learning_rate_stops_the_first_fit_and_leaves_it_unfitted(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST, lr=1e6)
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), lr=1e6)
     with pytest.raises(NonFiniteLossError, match=r"at epoch \d+, batch \d+ .*lower lr .*1e\+06"):
         dim.fit(X[:200])
     with pytest.raises(NotFittedError):
@@ -34,9 +31,11 @@ def test_a_huge_learning_rate_stops_the_first_fit_and_leaves_it_unfitted(digit_i
 
 
 @pytest.mark.parametrize("method", ["fit", "partial_fit"])
-def test_a_diverging_continued_fit_leaves_the_estimator_exactly_as_it_was(digit_images, method):
+def test_a_diverging_continued_fit_leaves_the_estimator_exactly_as_it_was(
+    digit_images, method, fast
+):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST, warm_start=True).fit(X[:200])
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), warm_start=True).fit(X[:200])
     before = pickle.dumps(dim)
     codes = dim.transform(X[:20])
     dim.set_params(lr=1e6)
@@ -47,7 +46,7 @@ def test_a_diverging_continued_fit_leaves_the_estimator_exactly_as_it_was(digit_
     np.testing.assert_array_equal(dim.transform(X[:20]), codes)
 
 
-def test_an_infinite_loss_is_caught_too(digit_images, monkeypatch):
+def test_an_infinite_loss_is_caught_too(digit_images, monkeypatch, fast):
     X, _ = digit_images
     original = DeepInfomaxModule.terms
 
@@ -58,7 +57,7 @@ def test_an_infinite_loss_is_caught_too(digit_images, monkeypatch):
 
     monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
     with pytest.raises(NonFiniteLossError, match="became inf at epoch 1, batch 1"):
-        DeepInfomaxTransformer(**FAST).fit(X[:64])
+        DeepInfomaxTransformer(**dict(fast, max_epochs=3)).fit(X[:64])
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------
@@ -88,12 +87,14 @@ def send_sigint_at_batch(monkeypatch, batch: int):
     [(1, 1, 1, "in epoch 1, after batch 1 of 4"), (6, 2, 2, "in epoch 2, after batch 2 of 4")],
 )
 def test_ctrl_c_returns_the_model_trained_so_far(
-    digit_images, monkeypatch, batch, epochs, done, where
+    digit_images, monkeypatch, batch, epochs, done, where, fast
 ):
     X, _ = digit_images
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     calls = send_sigint_at_batch(monkeypatch, batch)
-    dim = DeepInfomaxTransformer(**FAST, batch_size=16)  # 64 rows: 4 batches an epoch
+    dim = DeepInfomaxTransformer(
+        **dict(fast, max_epochs=3), batch_size=16
+    )  # 64 rows: 4 batches an epoch
     with pytest.warns(UserWarning, match=rf"interrupted \(Ctrl-C\) {where}"):
         dim.fit(X[:64])
     assert len(calls) == batch  # stopped at the end of the batch the signal came in
@@ -103,14 +104,14 @@ def test_ctrl_c_returns_the_model_trained_so_far(
     assert dim.history_[-1, "interrupted"]
     assert np.isfinite(dim.loss_curve_).all()
     assert np.isfinite(dim.transform(X[:10])).all()
-    fresh = DeepInfomaxTransformer(**dict(FAST, batch_size=16, max_epochs=1))
+    fresh = DeepInfomaxTransformer(**dict(fast, batch_size=16, max_epochs=1))
     assert not np.array_equal(dim.transform(X[:10]), fresh.fit(X[:64]).transform(X[:10]))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     dim.set_params(warm_start=True).fit(X[:64])  # and training goes on from there
     assert dim.n_iter_ == epochs + 3
 
 
-def test_an_interrupt_inside_a_batch_drops_only_that_batch(digit_images, monkeypatch):
+def test_an_interrupt_inside_a_batch_drops_only_that_batch(digit_images, monkeypatch, fast):
     # a KeyboardInterrupt raised in the middle of a step (a second Ctrl-C, or a custom
     # SIGINT handler): skorch ends training there; the batch that did not finish is not
     # counted
@@ -125,7 +126,7 @@ def test_an_interrupt_inside_a_batch_drops_only_that_batch(digit_images, monkeyp
         return original(self, x, names)
 
     monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
-    dim = DeepInfomaxTransformer(**FAST, batch_size=16)
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), batch_size=16)
     with pytest.warns(UserWarning, match="in epoch 2, after batch 1 of 4"):
         dim.fit(X[:64])
     assert dim.n_iter_ == 2 and dim.history_[-1, "train_batch_count"] == 1
@@ -146,9 +147,9 @@ def snapshot(dim) -> dict:
     return {k: v.detach().clone() for k, v in dim.module_.encoder.named_parameters()}
 
 
-def test_warm_start_after_a_cosine_schedule_trains_at_lr_again(digit_images):
+def test_warm_start_after_a_cosine_schedule_trains_at_lr_again(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**dict(FAST, max_epochs=2), lr_schedule="cosine", warm_start=True)
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=2), lr_schedule="cosine", warm_start=True)
     dim.fit(X[:128])
     before = snapshot(dim)
     dim.fit(X[:128])
@@ -156,19 +157,21 @@ def test_warm_start_after_a_cosine_schedule_trains_at_lr_again(digit_images):
     assert encoder_change(before, dim.module_) > 1e-4
 
 
-def test_partial_fit_with_a_cosine_schedule_keeps_moving_the_weights(digit_images):
+def test_partial_fit_with_a_cosine_schedule_keeps_moving_the_weights(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST, lr_schedule="cosine").partial_fit(X[:128])
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), lr_schedule="cosine").partial_fit(
+        X[:128]
+    )
     before = snapshot(dim)
     dim.partial_fit(X[128:256])
     assert encoder_change(before, dim.module_) > 1e-4
 
 
-def test_set_params_lr_between_calls_is_used(digit_images):
+def test_set_params_lr_between_calls_is_used(digit_images, fast):
     X, _ = digit_images
     changes = {}
     for lr in (1e-7, 1e-2):
-        dim = DeepInfomaxTransformer(**FAST, warm_start=True).fit(X[:128])
+        dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), warm_start=True).fit(X[:128])
         steps_before = {k: int(v["step"]) for k, v in dim._optimizer_state.items()}
         before = snapshot(dim)
         dim.set_params(lr=lr).fit(X[:128])
@@ -178,12 +181,12 @@ def test_set_params_lr_between_calls_is_used(digit_images):
     assert changes[1e-2] > 1000 * changes[1e-7]
 
 
-def test_the_training_rng_stream_is_state_not_a_seed_rederived_from_n_iter(digit_images):
+def test_the_training_rng_stream_is_state_not_a_seed_rederived_from_n_iter(digit_images, fast):
     # each training call draws its seed from random_state_, which goes on from call to call
     # (as scikit-learn's BernoulliRBM keeps random_state_)
     X, _ = digit_images
     stream = np.random.RandomState(0)
-    dim = DeepInfomaxTransformer(**FAST, warm_start=True)
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), warm_start=True)
     for call in (dim.fit, dim.fit, dim.partial_fit):
         call(X[:64])
         stream.randint(np.iinfo(np.int32).max)

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
+from dimlearn.inputs import (
+    ArrayBatches,
+    ShuffledBatches,
+    channel_stats,
+    even_sizes,
+    resolve_layout,
+    split_batches,
+)
 
 
 @pytest.mark.parametrize(
@@ -126,3 +133,71 @@ def test_batches_travel_in_their_stored_dtype_and_are_standardised_where_they_la
     floats = ArrayBatches(X.astype(np.float64), layout, mean, std)
     assert floats.raw(slice(0, 2)).dtype == torch.float32  # float64 halves on the host
     np.testing.assert_array_equal(floats.take(slice(0, 5)).numpy(), data.take(slice(0, 5)).numpy())
+
+
+# -- batches -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", range(2, 60))
+@pytest.mark.parametrize("batch_size", [2, 3, 7, 16])
+def test_batches_cover_every_sample_and_none_is_of_one(n, batch_size):
+    sizes = split_batches(n, batch_size)
+    assert sum(sizes) == n
+    assert min(sizes) >= 2
+    assert max(sizes) - min(sizes) <= 1
+    assert len(sizes) == min(-(-n // batch_size), n // 2)
+
+
+def test_shuffled_batches_visit_each_sample_once_per_epoch():
+    X = np.arange(23, dtype=np.float32)[:, None] * np.ones((1, 3), dtype=np.float32)
+    layout = resolve_layout((3,), None, "auto")
+    data = ArrayBatches(X, layout, np.zeros(3), np.ones(3))
+    torch.manual_seed(0)
+    batches = ShuffledBatches(data, batch_size=5)
+    seen_epochs = []
+    for _ in range(2):
+        epoch = list(batches)
+        assert all(yb is None for _, yb in epoch)
+        seen = np.concatenate([xb[:, 0].numpy() for xb, _ in epoch])
+        assert sorted(seen.tolist()) == list(range(23))
+        seen_epochs.append(seen)
+    assert len(batches) == 5
+    # shuffled: the batches differ between epochs
+    assert not np.array_equal(seen_epochs[0], seen_epochs[1])
+
+
+def test_channel_stats_pairs_with_batches(digits):
+    X, _ = digits
+    layout = resolve_layout((64,), (8, 8), "auto")
+    data = ArrayBatches(X, layout, *channel_stats(X, layout))
+    assert data.take(np.array([0, 1])).shape == (2, 1, 8, 8)
+
+
+def test_prefetching_reads_the_same_batches_in_the_same_order():
+    X = np.random.default_rng(0).integers(0, 256, size=(50, 8, 8, 3), dtype=np.uint8)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    data = ArrayBatches(X, layout, *channel_stats(X, layout))
+
+    def epoch(prefetch):
+        generator = torch.Generator().manual_seed(3)
+        batches = ShuffledBatches(data, 8, generator=generator, prefetch=prefetch)
+        return [batch for batch, _ in batches]
+
+    plain, ahead = epoch(False), epoch(True)
+    assert len(plain) == len(ahead) == 7
+    assert all(torch.equal(a, b) for a, b in zip(plain, ahead, strict=True))
+
+
+def test_the_dataset_owns_its_batch_plan_and_its_size_in_bytes():
+    X = np.zeros((10, 8, 8, 3), dtype=np.uint8)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    data = ArrayBatches(X, layout, np.zeros(3), np.ones(3), rows=np.arange(7))
+    assert data.batch_sizes(3) == split_batches(7, 3) == [3, 2, 2]
+    assert data.nbytes == 7 * 8 * 8 * 3
+    as_float = ArrayBatches(X.astype(np.float64), layout, np.zeros(3), np.ones(3))
+    assert as_float.nbytes == 10 * 8 * 8 * 3 * 4  # batches travel as float32
+
+
+def test_even_sizes_are_the_pieces_of_batches_and_of_process_parts():
+    assert even_sizes(10, 3) == [4, 3, 3] and sum(even_sizes(1000, 7)) == 1000
+    assert split_batches(10, 4) == even_sizes(10, 3)

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from dimlearn.infomax import DeepInfomaxModule
-from dimlearn.networks import ConvEncoder, MLPEncoder
+from dimlearn.networks import ConvEncoder, LocalLocalCritic, MLPEncoder, PriorDiscriminator
 
 
 @pytest.mark.parametrize(
@@ -47,72 +46,30 @@ def test_mlp_encoder_exposes_a_one_position_map():
     assert mu.shape == (4, 3)
 
 
-def test_module_computes_only_requested_terms_and_they_are_differentiable():
+def test_frozen_discriminator_passes_gradient_to_codes_only():
+    disc = PriorDiscriminator(latent_dim=3, hidden=5)
+    z = torch.randn(4, 3, requires_grad=True)
+    disc.frozen(z).sum().backward()
+    assert z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())
+
+
+def test_local_local_positive_context_leaves_out_the_scored_position():
     torch.manual_seed(0)
-    module = DeepInfomaxModule(ConvEncoder(1, 8, 8, 4, 4), latent_dim=4, critic_hidden=8)
-    x = torch.randn(6, 1, 8, 8)
-    terms = module.terms(x, ("global", "local", "prior"))
-    assert set(terms) == {"global", "local", "prior"}
-    sum(terms.values()).backward()
-    assert module.local_critic.from_map.weight.grad is not None
-    assert module.global_critic.summary[0].weight.grad is not None
-    assert set(module.terms(x, ("local",))) == {"local"}
-
-
-def test_critics_at_init_score_near_chance():
-    # untrained critics can't tell pairs apart: each JSD term starts near 2 log 2
-    torch.manual_seed(0)
-    module = DeepInfomaxModule(MLPEncoder(6, 3, 4), latent_dim=3, critic_hidden=16)
-    terms = module.terms(torch.randn(64, 6), ("global", "local"))
-    for value in terms.values():
-        assert 1.2 < value.item() < 1.6
-
-
-@pytest.mark.parametrize("critic", ["concat", "dot"])
-@pytest.mark.parametrize("local", [False, True])
-def test_all_pairs_negatives_are_every_other_image_never_itself(critic, local):
-    from dimlearn.infomax import contrast
-    from dimlearn.networks import CRITICS
-
-    torch.manual_seed(0)
-    local_shape = (6, 3, 3)
-    module = CRITICS[critic][int(local)](local_shape, latent_dim=4, hidden=8)
-    local_map, z = torch.randn(5, *local_shape), torch.randn(5, 4)
-    pos, neg = contrast(module, local_map, z, "all")
-    tail = (3, 3) if local else ()
-    assert pos.shape == (5, *tail) and neg.shape == (5, 4, *tail)
-    # by hand: code i against image j, one pair at a time
-    image_part, code_part = module.embed(local_map, z)
-
-    def score(j, i):
-        return module.pair_scores(image_part[j : j + 1], code_part[i : i + 1])[0]
-
-    for i in range(5):
-        torch.testing.assert_close(pos[i], score(i, i))
-        others = [j for j in range(5) if j != i]
-        for k, j in enumerate(others):
-            torch.testing.assert_close(neg[i, k], score(j, i))
-    # shuffle mode pairs code i with image perm[i], with the same positives
-    perm = torch.tensor([1, 2, 3, 4, 0])
-    pos_s, neg_s = contrast(module, local_map, z, "shuffle", perm)
-    torch.testing.assert_close(pos_s, pos)
-    torch.testing.assert_close(neg_s[:, 0], torch.stack([score(perm[i], i) for i in range(5)]))
-
-
-@pytest.mark.parametrize("critic", ["concat", "dot"])
-@pytest.mark.parametrize("negatives", ["shuffle", "all"])
-@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
-def test_every_objective_variant_backpropagates(critic, negatives, estimator):
-    torch.manual_seed(0)
-    module = DeepInfomaxModule(
-        ConvEncoder(1, 8, 8, 4, 4),
-        4,
-        8,
-        critic=critic,
-        negatives=negatives,
-        mi_estimator=estimator,
+    critic = LocalLocalCritic((3, 2, 2), hidden=4)
+    local_map = torch.randn(5, 3, 2, 2)
+    pos, neg = critic.scores(local_map, "all")
+    assert pos.shape == (5, 2, 2) and neg.shape == (5, 4, 2, 2)
+    positions = critic.position_side(local_map)
+    context = critic.context_side(local_map)
+    others = (context[1].sum(dim=(1, 2)) - context[1, :, 0, 1]) / 3
+    assert torch.allclose(pos[1, 0, 1], positions[1, :, 0, 1] @ others, atol=1e-6)
+    # image 1's first negative is image 0's whole-map mean context
+    assert torch.allclose(
+        neg[1, 0, 0, 1], positions[1, :, 0, 1] @ context[0].mean(dim=(1, 2)), atol=1e-6
     )
-    terms = module.terms(torch.randn(6, 1, 8, 8), ("global", "local", "prior"))
-    assert all(value.isfinite() for value in terms.values())
-    sum(terms.values()).backward()
-    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+
+def test_local_local_needs_two_positions():
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        LocalLocalCritic((3, 1, 1), hidden=4)

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from dimlearn.objectives import (
+    DeepInfomaxLoss,
+    adversarial_prior_losses,
     derangement,
     dv_mi_loss,
-    global_mi_loss,
     infonce_mi_loss,
     jsd_mi_loss,
-    local_mi_loss,
+    mi_loss,
     prior_kl,
     sample_code,
 )
@@ -18,20 +19,20 @@ from dimlearn.objectives import (
 def test_constant_zero_critic_gives_two_log_two():
     zeros = torch.zeros(16)
     assert jsd_mi_loss(zeros, zeros).item() == pytest.approx(2 * math.log(2), abs=1e-6)
-    assert local_mi_loss(torch.zeros(4, 3, 3), torch.zeros(4, 3, 3)).item() == pytest.approx(
+    assert mi_loss(torch.zeros(4, 3, 3), torch.zeros(4, 3, 3)).item() == pytest.approx(
         2 * math.log(2), abs=1e-6
     )
 
 
 def test_perfectly_separating_critic_gives_loss_near_zero():
     pos, neg = torch.full((8,), 30.0), torch.full((8,), -30.0)
-    assert global_mi_loss(pos, neg).item() < 1e-10
+    assert mi_loss(pos, neg).item() < 1e-10
 
 
 def test_inverted_critic_is_penalised_linearly():
     # softplus(x) ~ x for large x: a critic that swaps the labels pays about 2 * margin
     pos, neg = torch.full((8,), -10.0), torch.full((8,), 10.0)
-    assert global_mi_loss(pos, neg).item() == pytest.approx(20.0, abs=1e-3)
+    assert mi_loss(pos, neg).item() == pytest.approx(20.0, abs=1e-3)
 
 
 def test_jsd_matches_binary_cross_entropy_by_hand():
@@ -46,7 +47,7 @@ def test_local_loss_averages_over_positions():
     pos[0, 0, 0] = 50.0  # one confident position out of 8 pairs
     neg = torch.zeros(2, 2, 2)
     expected = (7 * math.log(2) + 0.0) / 8 + math.log(2)
-    assert local_mi_loss(pos, neg).item() == pytest.approx(expected, abs=1e-6)
+    assert mi_loss(pos, neg).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_kl_of_standard_normal_code_is_zero():
@@ -109,7 +110,30 @@ def test_dv_by_hand():
 @pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
 def test_mi_terms_accept_one_or_many_negatives(estimator):
     pos = torch.randn(4, 3, 3)
-    one = local_mi_loss(pos, torch.randn(4, 3, 3), estimator)
-    many = local_mi_loss(pos, torch.randn(4, 5, 3, 3), estimator)
+    one = mi_loss(pos, torch.randn(4, 3, 3), estimator)
+    many = mi_loss(pos, torch.randn(4, 5, 3, 3), estimator)
     assert one.dim() == 0 and many.dim() == 0
-    assert global_mi_loss(torch.randn(4), torch.randn(4, 3), estimator).isfinite()
+    assert mi_loss(torch.randn(4), torch.randn(4, 3), estimator).isfinite()
+
+
+def test_the_criterion_weighs_the_terms_and_asks_only_for_weighted_ones():
+    loss = DeepInfomaxLoss({"global": 0.5, "local": 0.0, "prior": 2.0, "local_local": 0.0})
+    assert loss.active_terms == ("global", "prior")
+    value = loss({"global": torch.tensor(1.0), "prior": torch.tensor(3.0)})
+    assert value.item() == pytest.approx(6.5)
+
+
+# -- prior forms ------------------------------------------------------------------------
+
+
+def test_kl_mean_is_the_sum_over_code_dimensions_divided_by_their_number():
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    assert torch.allclose(prior_kl(mu, logvar, "mean") * 7, prior_kl(mu, logvar, "sum"))
+
+
+def test_adversarial_losses_on_a_confident_discriminator():
+    sure = torch.full((4,), 20.0)
+    d_loss, g_loss = adversarial_prior_losses(sure, -sure, -sure)
+    assert d_loss.item() < 1e-6  # tells prior from codes
+    assert g_loss.item() == pytest.approx(20.0, abs=1e-6)  # the encoder is caught

@@ -19,13 +19,11 @@ from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
 from dimlearn.networks import batch_norm_pairs
 from dimlearn.persistence import FORMAT_VERSION, _digest
 
-FAST = dict(max_epochs=2, width=4, latent_dim=8, random_state=0)
-
 
 @pytest.fixture(scope="module")
-def fitted(digit_images):
+def fitted(digit_images, fast):
     X, _ = digit_images
-    return DeepInfomaxTransformer(**FAST).fit(X[:200]), X
+    return DeepInfomaxTransformer(**fast).fit(X[:200]), X
 
 
 @pytest.fixture
@@ -98,10 +96,10 @@ def test_default_model_on_32x32_colour_images_is_at_most_25_mb(tmp_path):
 
 
 def test_training_state_continues_bit_identically_to_the_in_memory_estimator(
-    digit_images, tmp_path
+    digit_images, tmp_path, fast
 ):
     X, _ = digit_images
-    params = dict(FAST, alpha=0.5, prior="adversarial", lr_schedule="cosine")
+    params = dict(fast, alpha=0.5, prior="adversarial", lr_schedule="cosine")
     dim = DeepInfomaxTransformer(**params).fit(X[:200])
     path = save(dim, tmp_path / "dim.safetensors", include_training_state=True)
     loaded = load(path).set_params(warm_start=True)
@@ -187,11 +185,11 @@ def test_saving_an_unfitted_estimator_is_refused(tmp_path):
         save(DeepInfomaxTransformer(), tmp_path / "dim.safetensors")
 
 
-def test_pandas_feature_names_survive_the_round_trip(digits, tmp_path):
+def test_pandas_feature_names_survive_the_round_trip(digits, tmp_path, fast):
     pd = pytest.importorskip("pandas")
     X, _ = digits
     frame = pd.DataFrame(X[:100], columns=[f"px{i}" for i in range(64)])
-    dim = DeepInfomaxTransformer(**FAST).fit(frame)
+    dim = DeepInfomaxTransformer(**fast).fit(frame)
     loaded = load(save(dim, tmp_path / "tab.safetensors"))
     np.testing.assert_array_equal(loaded.feature_names_in_, dim.feature_names_in_)
     np.testing.assert_array_equal(loaded.transform(frame), dim.transform(frame))
@@ -332,26 +330,34 @@ def _with_biases_before_batch_norm(module, seed=0):
 def _write_format_1(path, estimator, module, include_training_state=False):
     """A model file as dimlearn 0.2's save wrote it: format 1, the checksum over the
     weights only, kept inside the description as ``weights_sha256``."""
-    from dimlearn.persistence import _describe, _rng_to_json
+    from dimlearn.fitted import FittedState
 
+    plain = FittedState.of(estimator).to_plain(include_training_state)
     tensors = {
         f"module.{key}": value.detach().contiguous()
         for key, value in module.state_dict().items()
         if include_training_state or key.split(".")[0] in ("encoder", "local_critic")
     }
-    payload = _describe(estimator)
+    params = estimator.get_params()
+    payload = {
+        "estimator": "DeepInfomaxTransformer",
+        "versions": {"dimlearn": "0.2.0"},
+        "params": params,
+        "fitted": plain["fitted"],
+        "history": plain["history"],
+        "training_state": include_training_state,
+    }
     if include_training_state:
-        for name, state in estimator._optimizer_state.items():
-            for key, value in state.items():
-                tensors[f"optimizer.{name}.{key}"] = value
+        for name, moments in plain["optimizer"].items():
+            for key, value in moments.items():
+                tensors[f"optimizer.{name}.{key}"] = torch.from_numpy(value)
         for layer, _ in batch_norm_pairs(module):  # 0.2 kept Adam's moments of the biases
             for key in ("exp_avg", "exp_avg_sq"):
                 tensors[f"optimizer.{layer}.bias.{key}"] = torch.zeros_like(
                     module.get_submodule(layer).bias
                 )
             tensors[f"optimizer.{layer}.bias.step"] = torch.tensor(2.0)
-        payload["random_state_"] = _rng_to_json(estimator.random_state_)
-    payload["training_state"] = include_training_state
+        payload["random_state_"] = plain["random_state"]
     payload["weights_sha256"] = _digest(tensors)
     metadata = {"format": "dimlearn.model", "format_version": "1", "dimlearn": json.dumps(payload)}
     save_file(tensors, str(path), metadata=metadata)
@@ -375,11 +381,11 @@ FOLD_TOLERANCE = 1e-5
 @pytest.mark.parametrize("kind", ["images", "tabular"])
 @pytest.mark.parametrize("include_training_state", [False, True])
 def test_a_file_of_dimlearn_0_2_loads_to_the_same_codes(
-    digit_images, tmp_path, kind, include_training_state
+    digit_images, tmp_path, kind, include_training_state, fast
 ):
     X, _ = digit_images
     X = X[:120] if kind == "images" else X[:120].reshape(120, -1)
-    dim = DeepInfomaxTransformer(**FAST, alpha=0.5).fit(X)
+    dim = DeepInfomaxTransformer(**fast, alpha=0.5).fit(X)
     old = _with_biases_before_batch_norm(dim.module_)
     expected = _old_codes(old, X, dim)
     path = _write_format_1(tmp_path / "old.safetensors", dim, old, include_training_state)
@@ -399,9 +405,9 @@ def test_a_file_of_dimlearn_0_2_loads_to_the_same_codes(
         assert loaded.n_iter_ == dim.n_iter_ + 1
 
 
-def test_a_pickle_of_dimlearn_0_2_loads_to_the_same_codes_and_trains_on(digit_images):
+def test_a_pickle_of_dimlearn_0_2_loads_to_the_same_codes_and_trains_on(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST).fit(X[:120])
+    dim = DeepInfomaxTransformer(**fast).fit(X[:120])
     old = _with_biases_before_batch_norm(dim.module_)
     expected = _old_codes(old, X[:120], dim)
     state = dim.__getstate__()
@@ -488,19 +494,19 @@ def test_a_pickle_payload_in_place_of_the_weights_is_never_unpickled(model_file,
 # -- pickles keep what is used ------------------------------------------------------------
 
 
-def test_pickles_do_not_keep_critics_of_terms_with_weight_zero(digit_images):
+def test_pickles_do_not_keep_critics_of_terms_with_weight_zero(digit_images, fast):
     X, _ = digit_images
-    local_only = DeepInfomaxTransformer(**FAST).fit(X[:100])  # alpha=0, prior kl_mean
+    local_only = DeepInfomaxTransformer(**fast).fit(X[:100])  # alpha=0, prior kl_mean
     assert local_only.module_.global_critic is None
     assert all(not name.startswith("global_critic") for name in local_only._optimizer_state)
-    with_global = DeepInfomaxTransformer(**FAST, alpha=0.5).fit(X[:100])
+    with_global = DeepInfomaxTransformer(**fast, alpha=0.5).fit(X[:100])
     assert with_global.module_.global_critic is not None
     assert len(pickle.dumps(local_only)) < len(pickle.dumps(with_global))
 
 
-def test_turning_on_a_term_whose_critic_was_not_kept_trains_a_new_one(digit_images):
+def test_turning_on_a_term_whose_critic_was_not_kept_trains_a_new_one(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST, warm_start=True).fit(X[:100])
+    dim = DeepInfomaxTransformer(**fast, warm_start=True).fit(X[:100])
     encoder_before = {k: v.clone() for k, v in dim.module_.encoder.state_dict().items()}
     dim.set_params(alpha=0.5)
     with pytest.warns(UserWarning, match="no trained global_critic .* a new one"):

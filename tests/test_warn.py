@@ -12,29 +12,27 @@ import dimlearn
 from dimlearn import DeepInfomaxTransformer, load_images
 from tests.test_faults import send_sigint_at_batch
 
-FAST = dict(max_epochs=1, width=4, latent_dim=8, random_state=0)
 
-
-def test_the_ctrl_c_warning_points_at_the_fit_call(digit_images, monkeypatch):
+def test_the_ctrl_c_warning_points_at_the_fit_call(digit_images, monkeypatch, fast):
     X, _ = digit_images
     send_sigint_at_batch(monkeypatch, 1)
     with pytest.warns(UserWarning, match="interrupted") as record:
-        DeepInfomaxTransformer(**FAST, batch_size=16).fit(X[:64])
+        DeepInfomaxTransformer(**fast, batch_size=16).fit(X[:64])
     assert record[0].filename == __file__
 
 
-def test_the_distributed_warning_points_at_the_fit_call(digit_images, monkeypatch):
+def test_the_distributed_warning_points_at_the_fit_call(digit_images, monkeypatch, fast):
     X, _ = digit_images
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.warns(UserWarning, match="init_process_group") as record:
-        DeepInfomaxTransformer(**FAST).fit(X[:40])
+        DeepInfomaxTransformer(**fast).fit(X[:40])
     assert record[0].filename == __file__
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_the_device_fallback_warning_points_at_the_transform_call(digit_images):
+def test_the_device_fallback_warning_points_at_the_transform_call(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST).fit(X[:40]).set_params(device="cuda")
+    dim = DeepInfomaxTransformer(**fast).fit(X[:40]).set_params(device="cuda")
     with pytest.warns(UserWarning, match="CUDA is not available") as record:
         dim.transform(X[:5])  # through scikit-learn's set_output wrapper
     assert record[0].filename == __file__
@@ -43,9 +41,9 @@ def test_the_device_fallback_warning_points_at_the_transform_call(digit_images):
     assert record[0].filename == __file__
 
 
-def test_the_continuing_training_warning_points_at_the_fit_call(digit_images, tmp_path):
+def test_the_continuing_training_warning_points_at_the_fit_call(digit_images, tmp_path, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**FAST).fit(X[:40])
+    dim = DeepInfomaxTransformer(**fast).fit(X[:40])
     loaded = dimlearn.load(dimlearn.save(dim, tmp_path / "dim.safetensors"))
     with pytest.warns(UserWarning, match="Adam starts afresh") as record:
         loaded.set_params(warm_start=True).fit(X[:40])
@@ -55,13 +53,15 @@ def test_the_continuing_training_warning_points_at_the_fit_call(digit_images, tm
     assert record[0].filename == __file__
 
 
-def test_the_warning_through_a_pipeline_points_at_the_pipeline_call(digit_images, monkeypatch):
+def test_the_warning_through_a_pipeline_points_at_the_pipeline_call(
+    digit_images, monkeypatch, fast
+):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     X, y = digit_images
     monkeypatch.setenv("WORLD_SIZE", "2")
-    pipe = make_pipeline(DeepInfomaxTransformer(**FAST), LogisticRegression())
+    pipe = make_pipeline(DeepInfomaxTransformer(**fast), LogisticRegression())
     with pytest.warns(UserWarning, match="init_process_group") as record:
         pipe.fit(X[:40], y[:40])
     assert record[0].filename == __file__
@@ -75,9 +75,9 @@ def test_the_skipped_files_warning_points_at_the_load_images_call(tmp_path):
     assert record[0].filename == __file__ and len(images) == 1
 
 
-def test_no_other_warnings_come_from_a_plain_fit(digit_images):
+def test_no_other_warnings_come_from_a_plain_fit(digit_images, fast):
     X, _ = digit_images
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        DeepInfomaxTransformer(**FAST).fit(X[:40]).transform(X[:5])
-    assert np.isfinite(DeepInfomaxTransformer(**FAST).fit(X[:40]).transform(X[:5])).all()
+        DeepInfomaxTransformer(**fast).fit(X[:40]).transform(X[:5])
+    assert np.isfinite(DeepInfomaxTransformer(**fast).fit(X[:40]).transform(X[:5])).all()

@@ -1,4 +1,4 @@
-"""The training state that outlives one ``fit`` call, as plain name-keyed tensors.
+"""Adam's state as plain name-keyed tensors, so that it outlives one training call.
 
 Adam's state is kept per parameter *name* (``"encoder.to_local.0.weight"``), not by the
 position of the parameter in the optimiser, so that it survives networks gaining or losing
@@ -11,35 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-OPTIONAL_PARTS = ("global_critic", "local_local_critic", "prior_discriminator")
-"""Parts of a :class:`~dimlearn.infomax.DeepInfomaxModule` kept only while a term uses them.
-The encoder is what ``transform`` needs and the local critic what ``score`` reads; both are
-always kept."""
-
-
-def parts_in_use(alpha: float, gamma: float, delta: float, prior: str) -> set[str]:
-    """The optional parts that the loss with these weights trains."""
-    used = set()
-    if alpha > 0:
-        used.add("global_critic")
-    if delta > 0:
-        used.add("local_local_critic")
-    if gamma > 0 and prior == "adversarial":
-        used.add("prior_discriminator")
-    return used
-
-
-def drop_unused_parts(module: nn.Module, used: set[str]) -> nn.Module:
-    """Remove (in place) the optional parts not in ``used``; returns the module.
-
-    A part that no term trains keeps its random initial weights, so keeping it would only
-    make model files larger.
-    """
-    for name in OPTIONAL_PARTS:
-        if name not in used and getattr(module, name, None) is not None:
-            setattr(module, name, None)
-    return module
 
 
 def named_optimizer_state(

@@ -1,0 +1,264 @@
+"""The fitted state: everything ``fit`` leaves behind, listed once, as objects or as plain data.
+
+:class:`FittedState` is the one list of the estimator's fitted attributes. The estimator
+writes itself from it after a training call and clears it when a first fit fails; model
+files (:mod:`dimlearn.persistence`) and pickles store it as plain values and numpy arrays
+(:meth:`FittedState.to_plain`) and rebuild it, networks included, through one reader
+(:meth:`FittedState.from_plain`) that checks every field and builds the networks with
+:func:`~dimlearn.infomax.module_from_state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from skorch.history import History
+from torch import nn
+
+from .config import TrainingConfig
+from .infomax import ALWAYS_KEPT, OPTIONAL_PARTS, module_from_state
+from .inputs import Layout, positive_ints
+
+ATTRIBUTES = {
+    "module": "module_",
+    "history": "history_",
+    "loss_curve": "loss_curve_",
+    "n_iter": "n_iter_",
+    "input_mean": "input_mean_",
+    "input_scale": "input_scale_",
+    "sample_shape": "sample_shape_",
+    "layout": "layout_",
+    "n_features_in": "n_features_in_",
+    "feature_names_in": "feature_names_in_",
+    "optimizer_state": "_optimizer_state",
+    "random_state": "random_state_",
+}
+"""Each field of :class:`FittedState` and the estimator attribute that holds it."""
+
+CACHES = ("_device_copy",)
+"""Attributes the estimator derives from its fitted state (never stored)."""
+
+
+@dataclass
+class FittedState:
+    """What a fitted :class:`~dimlearn.DeepInfomaxTransformer` holds (its ``*_``
+    attributes, see its docstring), and what continued training needs on top: Adam's
+    moments by weight name and the RNG stream each training call draws its seed from.
+    Those two are None for a model loaded without its training state.
+    """
+
+    module: nn.Module
+    history: History
+    loss_curve: list
+    n_iter: int
+    input_mean: np.ndarray
+    input_scale: np.ndarray
+    sample_shape: tuple
+    layout: Layout
+    n_features_in: int
+    feature_names_in: np.ndarray | None = None
+    optimizer_state: dict | None = None
+    random_state: np.random.RandomState | None = None
+
+    # -- on the estimator --------------------------------------------------------------
+
+    @classmethod
+    def of(cls, estimator) -> FittedState:
+        """The fitted state ``estimator`` holds."""
+        return cls(**{field: getattr(estimator, name, None) for field, name in ATTRIBUTES.items()})
+
+    def write_to(self, estimator) -> None:
+        """Set the estimator's fitted attributes (those that are None are removed)."""
+        clear(estimator)
+        for field, name in ATTRIBUTES.items():
+            value = getattr(self, field)
+            if value is not None:
+                setattr(estimator, name, value)
+
+    @property
+    def has_training_state(self) -> bool:
+        return self.optimizer_state is not None and self.random_state is not None
+
+    def continued_by(self, module, optimizer_state, history: History) -> FittedState:
+        """This state after a training call that continued it: its history, loss curve
+        and epoch count run on."""
+        joined = History()
+        for entry in [*self.history, *history]:
+            entry = dict(entry)
+            entry["epoch"] = len(joined) + 1
+            joined.append(entry)
+        state = {field.name: getattr(self, field.name) for field in fields(self)}
+        state.update(module=module, optimizer_state=optimizer_state, history=joined)
+        state.update(loss_curve=self.loss_curve + loss_curve(history))
+        state.update(n_iter=self.n_iter + len(history))
+        return FittedState(**state)
+
+    # -- as plain data -----------------------------------------------------------------
+
+    def to_plain(self, include_training_state: bool = True) -> dict:
+        """Plain Python values and numpy arrays only (no torch or skorch object):
+        ``{"fitted": ..., "history": ..., "weights": {name: array}}`` and, with
+        ``include_training_state``, ``"optimizer"`` (``{weight name: {key: array}}``)
+        and ``"random_state"``. Without it, the weights are those of the parts
+        ``transform`` and ``score`` need (:data:`~dimlearn.infomax.ALWAYS_KEPT`).
+        Everything but the arrays is JSON-able.
+        """
+        fitted = {
+            "sample_shape_": list(self.sample_shape),
+            "input_mean_": np.asarray(self.input_mean, dtype=np.float64).tolist(),
+            "input_scale_": np.asarray(self.input_scale, dtype=np.float64).tolist(),
+            "n_iter_": int(self.n_iter),
+            "loss_curve_": [float(v) for v in self.loss_curve],
+            "layout": self.layout.to_plain(),
+        }
+        if self.feature_names_in is not None:
+            fitted["feature_names_in_"] = [str(name) for name in self.feature_names_in]
+        kept = None if include_training_state else ALWAYS_KEPT
+        plain = {
+            "fitted": fitted,
+            "history": plain_value([dict(entry) for entry in self.history]),
+            "weights": {
+                key: _array(value)
+                for key, value in self.module.state_dict().items()
+                if kept is None or key.split(".")[0] in kept
+            },
+        }
+        if include_training_state and self.has_training_state:
+            plain["optimizer"] = {
+                name: {key: _array(value) for key, value in moments.items()}
+                for name, moments in self.optimizer_state.items()
+            }
+            plain["random_state"] = rng_to_plain(self.random_state)
+        return plain
+
+    @classmethod
+    def from_plain(cls, plain: dict, config: TrainingConfig) -> FittedState:
+        """The state :meth:`to_plain` described, networks rebuilt from ``config`` and the
+        layout; every field is checked (``ValueError``, ``KeyError`` or ``TypeError`` name
+        what makes no sense)."""
+        fitted = plain["fitted"]
+        layout = Layout.from_plain(fitted["layout"])
+        sample_shape = positive_ints(fitted["sample_shape_"], "sample_shape_")
+        if sample_shape != layout.sample_shape:
+            raise ValueError(f"sample_shape_ {sample_shape} disagrees with the layout")
+        mean = _floats(fitted["input_mean_"], "input_mean_", layout.channels)
+        scale = _floats(fitted["input_scale_"], "input_scale_", layout.channels)
+        if (scale <= 0).any():
+            raise ValueError("input_scale_ holds values <= 0")
+        weights = {key: _tensor(value, key) for key, value in plain["weights"].items()}
+        parts = {key.split(".")[0] for key in weights}
+        if set(ALWAYS_KEPT) - parts:
+            raise ValueError(f"the weights of {sorted(set(ALWAYS_KEPT) - parts)} are missing")
+        if parts - set(ALWAYS_KEPT) - set(OPTIONAL_PARTS):
+            unknown = sorted(parts - set(ALWAYS_KEPT) - set(OPTIONAL_PARTS))
+            raise ValueError(f"weights of unknown parts {unknown}")
+        module, folded = module_from_state(config, layout, weights)
+        n_features = int(np.prod(sample_shape))
+        names = fitted.get("feature_names_in_")
+        if names is not None:
+            names = np.asarray([str(name) for name in names], dtype=object)
+            if len(names) != n_features:
+                raise ValueError("feature_names_in_ has the wrong length")
+        state = cls(
+            module=module,
+            history=History([dict(entry) for entry in plain["history"]]),
+            loss_curve=[float(v) for v in fitted["loss_curve_"]],
+            n_iter=_count(fitted["n_iter_"], "n_iter_"),
+            input_mean=mean,
+            input_scale=scale,
+            sample_shape=sample_shape,
+            layout=layout,
+            n_features_in=n_features,
+            feature_names_in=names,
+        )
+        if "optimizer" in plain:
+            state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded)
+            state.random_state = rng_from_plain(plain["random_state"])
+        return state
+
+
+def clear(estimator) -> None:
+    """Remove every fitted attribute (and what is derived from them) from ``estimator``."""
+    for name in [*ATTRIBUTES.values(), *CACHES]:
+        estimator.__dict__.pop(name, None)
+
+
+def loss_curve(history: History) -> list[float]:
+    """``train_loss`` of every epoch of a history."""
+    return [float(v) for v in history[:, "train_loss"]] if len(history) else []
+
+
+def plain_value(value):
+    """``value`` with numpy and torch scalars and arrays turned into Python numbers and
+    lists, recursively through dicts, lists and tuples (history entries)."""
+    if isinstance(value, dict):
+        return {str(key): plain_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_value(item) for item in value]
+    if isinstance(value, np.ndarray | np.generic | torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} as plain data")
+
+
+def rng_to_plain(rng: np.random.RandomState) -> dict:
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    return {
+        "bit_generator": name,
+        "keys": keys.tolist(),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def rng_from_plain(raw: dict) -> np.random.RandomState:
+    rng = np.random.RandomState()
+    keys = np.asarray(raw["keys"], dtype=np.uint32)
+    state = (raw["bit_generator"], keys, int(raw["pos"]), int(raw["has_gauss"]))
+    rng.set_state((*state, float(raw["cached_gaussian"])))
+    return rng
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu").contiguous().numpy().copy()
+
+
+def _tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"weight {name} is a {type(value).__name__}, not an array")
+    return torch.from_numpy(value if value.flags.c_contiguous else value.copy())
+
+
+def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
+    params = dict(module.named_parameters())
+    state: dict = {}
+    for name, moments in raw.items():
+        if name in folded:  # Adam's moments of a weight that no longer exists
+            continue
+        if name not in params:
+            raise ValueError(f"optimiser state for an unknown weight {name!r}")
+        for key, value in moments.items():
+            value = _tensor(value, f"optimizer.{name}.{key}")
+            if key != "step" and value.shape != params[name].shape:
+                raise ValueError(f"optimiser state {name}.{key} has the wrong shape")
+            state.setdefault(name, {})[key] = value
+    return state
+
+
+def _floats(raw, name: str, length: int) -> np.ndarray:
+    values = np.asarray(raw, dtype=np.float64)
+    if values.shape != (length,) or not np.isfinite(values).all():
+        raise ValueError(f"{name} must be {length} finite numbers")
+    return values
+
+
+def _count(raw, name: str) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise ValueError(f"{name} must be a non-negative integer, not {raw!r}")
+    return raw

@@ -1,0 +1,210 @@
+"""skorch callbacks that decide when training stops (a time budget, Ctrl-C, early stopping)
+and the history of an epoch cut short: unit tests on a fake clock and hand-built histories,
+then the same behaviours through whole fits."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from skorch.history import History
+
+import dimlearn.callbacks
+from dimlearn import DeepInfomaxTransformer
+from dimlearn.callbacks import StopAtBatchEnd, StopRequest, TimeBudget, finish_history
+from dimlearn.infomax import DeepInfomaxModule
+from tests.conftest import small_images
+
+
+class FakeClock:
+    def __init__(self, monkeypatch):
+        self.now = 100.0
+        monkeypatch.setattr(dimlearn.callbacks, "clock", lambda: self.now)
+
+
+class FakeNet:
+    """What the callbacks read of a net: its history (and no process group)."""
+
+    ranks = None
+
+    def __init__(self):
+        self.history = History()
+        self.history.new_epoch()
+
+
+def test_the_time_budget_stops_at_the_batch_that_spends_it(monkeypatch):
+    clock, net, budget = FakeClock(monkeypatch), FakeNet(), TimeBudget(10.0)
+    budget.on_train_begin(net)
+    budget.on_epoch_begin(net)
+    clock.now += 9.9
+    budget.on_batch_end(net)  # 9.9 s: goes on
+    clock.now += 0.1
+    with pytest.raises(KeyboardInterrupt):  # skorch's way of stopping training
+        budget.on_batch_end(net)
+    assert net.history[-1, "stopped_by_time"] is True
+
+
+def test_the_time_budget_stops_before_an_epoch_that_would_overrun(monkeypatch):
+    clock, net, budget = FakeClock(monkeypatch), FakeNet(), TimeBudget(10.0)
+    budget.on_train_begin(net)
+    budget.on_epoch_begin(net)
+    clock.now += 4.0
+    budget.on_epoch_end(net)  # 4 s spent + 4 s predicted <= 10: another epoch
+    budget.on_epoch_begin(net)
+    clock.now += 4.0
+    with pytest.raises(KeyboardInterrupt):  # 8 + 4 > 10
+        budget.on_epoch_end(net)
+
+
+def test_a_stop_request_stops_at_the_end_of_the_batch():
+    request, net = StopRequest(), FakeNet()
+    callback = StopAtBatchEnd(request)
+    callback.on_batch_end(net)
+    request.requested = True
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_batch_end(net)
+    assert net.history[-1, "interrupted"] is True
+
+
+def test_an_epoch_cut_short_gets_its_batch_weighted_means():
+    history = History()
+    history.new_epoch()
+    history.record("epoch", 1)
+    for size, loss, local in ((10, 1.0, 2.0), (5, 4.0, 8.0)):
+        history.new_batch()
+        history.record_batch("train_batch_size", size)
+        history.record_batch("train_loss", loss)
+        history.record_batch("train_local", local)
+    cut = finish_history(history, planned_batches=4)
+    assert cut == {"epoch": 1, "batches": 2, "planned": 4}
+    assert history[-1, "train_loss"] == pytest.approx((10 * 1.0 + 5 * 4.0) / 15)
+    assert history[-1, "train_local"] == pytest.approx((10 * 2.0 + 5 * 8.0) / 15)
+    assert history[-1, "epoch_fraction"] == 0.5 and history[-1, "train_batch_count"] == 2
+
+
+def test_an_epoch_without_a_finished_batch_is_dropped_and_a_whole_one_kept():
+    history = History()
+    history.new_epoch()
+    history.record("train_loss", 1.0)
+    assert finish_history(history, 3) is None and len(history) == 1
+    history.new_epoch()
+    assert finish_history(history, 3) == {"epoch": 2, "batches": 0, "planned": 3}
+    assert len(history) == 1
+
+
+# -- through whole fits -------------------------------------------------------------------
+
+
+class BatchClock:
+    """A fake ``dimlearn.callbacks.clock``: exactly 1.0 "second" passes per training batch.
+
+    It is advanced by the training step (``DeepInfomaxModule.terms`` in training mode, which
+    ``DeepInfomaxNet.train_step_single`` calls once per batch), so a budget is counted in
+    batches and does not depend on how busy the machine is.
+    """
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        self.train_batches = 0
+        original = DeepInfomaxModule.terms
+
+        def terms(module, x, names):
+            if module.training:
+                self.now += 1.0
+                self.train_batches += 1
+            return original(module, x, names)
+
+        monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
+        monkeypatch.setattr(dimlearn.callbacks, "clock", self)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fit_on_the_batch_clock(monkeypatch, max_time, fast):
+    # 30 samples in batches of 10: every epoch is exactly 3 batches, i.e. 3 fake seconds
+    clock = BatchClock(monkeypatch)
+    X = small_images(n=30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        budget = dict(fast, max_epochs=100, batch_size=10, max_time=max_time)
+        dim = DeepInfomaxTransformer(**budget).fit(X)
+    # a stop by the budget is expected: it is not reported as an interruption
+    assert not [w for w in caught if "interrupted" in str(w.message)]
+    return dim, clock
+
+
+def test_max_time_stops_before_an_epoch_that_would_overrun(monkeypatch, fast):
+    # after epoch 1: 3 s spent + 3 s predicted = 6 <= 7.5, go on; after epoch 2: 6 + 3 > 7.5
+    dim, clock = fit_on_the_batch_clock(monkeypatch, 7.5, fast)
+    assert clock.train_batches == 6 and clock.now == 6.0
+    assert dim.n_iter_ == 2 and len(dim.history_) == 2 and len(dim.loss_curve_) == 2
+    assert dim.history_[-1]["stopped_by_time"] is True
+    assert "stopped_by_time" not in dim.history_[0]
+    for entry in dim.history_:  # whole epochs (skorch counts their batches itself)
+        assert entry["train_batch_count"] == 3 and len(entry["batches"]) == 3
+        assert "epoch_fraction" not in entry
+    assert np.all(np.isfinite(dim.loss_curve_))
+
+
+def test_max_time_cuts_an_epoch_longer_than_the_budget_at_a_batch_end(monkeypatch, fast):
+    # batch 1 ends at 1 s < 1.5; batch 2 ends at 2 s >= 1.5: stop there, batch 3 never runs
+    dim, clock = fit_on_the_batch_clock(monkeypatch, 1.5, fast)
+    assert clock.train_batches == 2 and clock.now == 2.0
+    assert dim.n_iter_ == 1 and len(dim.history_) == 1
+    last = dim.history_[-1]
+    assert last["stopped_by_time"] is True
+    assert last["train_batch_count"] == 2 and len(last["batches"]) == 2
+    assert last["epoch_fraction"] == pytest.approx(2 / 3, abs=1e-12)
+    assert len(dim.loss_curve_) == 1 and np.isfinite(dim.loss_curve_[0])
+    batch_losses = [batch["train_loss"] for batch in last["batches"]]
+    # the cut epoch's loss is the mean of the batches that ran (both of 10 samples)
+    assert dim.loss_curve_[0] == pytest.approx(np.mean(batch_losses), rel=1e-6)
+    assert np.all(np.isfinite(dim.transform(small_images(n=4))))
+
+
+# -- learning-rate schedule and early stopping ------------------------------------------
+
+
+def test_cosine_schedule_anneals_the_learning_rate(digit_images, fast):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**dict(fast, max_epochs=4), lr_schedule="cosine").fit(X[:64])
+    lrs = list(dim.history_[:, "event_lr"])
+    assert lrs[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_early_stopping_restores_the_whole_state_of_the_best_epoch(digit_images, fast):
+    X, _ = digit_images
+    common = dict(fast, early_stopping=True, validation_fraction=0.25)
+    # nothing can beat the first epoch by 1e9, so training stops after 1 + 2 epochs and
+    # the model is the state after epoch 1: weights, Adam's moments, history and n_iter_
+    stopped = DeepInfomaxTransformer(
+        **dict(common, max_epochs=10), tol=1e9, n_iter_no_change=2
+    ).fit(X[:80])
+    assert stopped.n_iter_ == 1 and len(stopped.history_) == 1 == len(stopped.loss_curve_)
+    assert stopped.history_[-1, "epochs_after_best"] == 2
+    assert np.isfinite(stopped.history_[-1, "valid_loss_after_best"]).all()
+    one_epoch = DeepInfomaxTransformer(**dict(common, max_epochs=1)).fit(X[:80])
+    np.testing.assert_array_equal(stopped.transform(X[100:120]), one_epoch.transform(X[100:120]))
+    assert stopped._optimizer_state.keys() == one_epoch._optimizer_state.keys()
+    for name, state in stopped._optimizer_state.items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, one_epoch._optimizer_state[name][key], rtol=0, atol=0)
+
+
+def test_early_stopping_holds_out_rows_it_does_not_train_on(digit_images, fast):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**fast, early_stopping=True, validation_fraction=0.25)
+    dim.fit(X[:80])
+    assert dim.history_[-1, "train_batch_count"] == 1  # 60 training rows, batch_size 128
+    assert dim.history_[-1, "valid_batch_count"] == 1
+
+
+def test_early_stopping_with_too_few_rows_is_refused(monkeypatch, fast):
+    import dimlearn.estimator as estimator_module
+
+    monkeypatch.setattr(estimator_module, "train_networks", lambda *a, **k: 1 / 0)
+    with pytest.raises(ValueError, match="validation_fraction=0.1 splits 10 samples"):
+        X = np.random.default_rng(0).random((10, 8, 8))
+        DeepInfomaxTransformer(**fast, early_stopping=True).fit(X)

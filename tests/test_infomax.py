@@ -1,0 +1,162 @@
+"""The Deep InfoMax module: loss terms of a batch, negatives, which part each term trains,
+and the module built from a config (and from saved weights)."""
+
+import pytest
+import torch
+
+from dimlearn import DeepInfomaxTransformer
+from dimlearn.config import TrainingConfig
+from dimlearn.infomax import (
+    DeepInfomaxModule,
+    build_module,
+    kept_parts,
+    module_from_state,
+    trained_parts,
+)
+from dimlearn.inputs import resolve_layout
+from dimlearn.networks import ConvEncoder, MLPEncoder
+
+
+def config(**params):
+    return TrainingConfig.from_params(
+        DeepInfomaxTransformer(width=4, latent_dim=8, **params).get_params()
+    )
+
+
+def test_module_computes_only_requested_terms_and_they_are_differentiable():
+    torch.manual_seed(0)
+    module = DeepInfomaxModule(ConvEncoder(1, 8, 8, 4, 4), latent_dim=4, critic_hidden=8)
+    x = torch.randn(6, 1, 8, 8)
+    terms = module.terms(x, ("global", "local", "prior"))
+    assert set(terms) == {"global", "local", "prior"}
+    sum(terms.values()).backward()
+    assert module.local_critic.from_map.weight.grad is not None
+    assert module.global_critic.summary[0].weight.grad is not None
+    assert set(module.terms(x, ("local",))) == {"local"}
+
+
+def test_critics_at_init_score_near_chance():
+    # untrained critics can't tell pairs apart: each JSD term starts near 2 log 2
+    torch.manual_seed(0)
+    module = DeepInfomaxModule(MLPEncoder(6, 3, 4), latent_dim=3, critic_hidden=16)
+    terms = module.terms(torch.randn(64, 6), ("global", "local"))
+    for value in terms.values():
+        assert 1.2 < value.item() < 1.6
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+@pytest.mark.parametrize("local", [False, True])
+def test_all_pairs_negatives_are_every_other_image_never_itself(critic, local):
+    from dimlearn.infomax import contrast
+    from dimlearn.networks import CRITICS
+
+    torch.manual_seed(0)
+    local_shape = (6, 3, 3)
+    module = CRITICS[critic][int(local)](local_shape, latent_dim=4, hidden=8)
+    local_map, z = torch.randn(5, *local_shape), torch.randn(5, 4)
+    pos, neg = contrast(module, local_map, z, "all")
+    tail = (3, 3) if local else ()
+    assert pos.shape == (5, *tail) and neg.shape == (5, 4, *tail)
+    # by hand: code i against image j, one pair at a time
+    image_part, code_part = module.embed(local_map, z)
+
+    def score(j, i):
+        return module.pair_scores(image_part[j : j + 1], code_part[i : i + 1])[0]
+
+    for i in range(5):
+        torch.testing.assert_close(pos[i], score(i, i))
+        others = [j for j in range(5) if j != i]
+        for k, j in enumerate(others):
+            torch.testing.assert_close(neg[i, k], score(j, i))
+    # shuffle mode pairs code i with image perm[i], with the same positives
+    perm = torch.tensor([1, 2, 3, 4, 0])
+    pos_s, neg_s = contrast(module, local_map, z, "shuffle", perm)
+    torch.testing.assert_close(pos_s, pos)
+    torch.testing.assert_close(neg_s[:, 0], torch.stack([score(perm[i], i) for i in range(5)]))
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+@pytest.mark.parametrize("negatives", ["shuffle", "all"])
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+def test_every_objective_variant_backpropagates(critic, negatives, estimator):
+    torch.manual_seed(0)
+    module = DeepInfomaxModule(
+        ConvEncoder(1, 8, 8, 4, 4),
+        4,
+        8,
+        critic=critic,
+        negatives=negatives,
+        mi_estimator=estimator,
+    )
+    terms = module.terms(torch.randn(6, 1, 8, 8), ("global", "local", "prior"))
+    assert all(value.isfinite() for value in terms.values())
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+
+def test_adversarial_prior_trains_discriminator_on_detached_codes():
+    torch.manual_seed(0)
+    module = DeepInfomaxModule(
+        MLPEncoder(6, 3, 2), 3, critic_hidden=8, prior="adversarial", critic="dot"
+    )
+    x = torch.randn(10, 6)
+    module.terms(x, ("prior",))["prior"].backward()
+    encoder_grad = sum(p.grad.abs().sum() for p in module.encoder.to_code.parameters())
+    disc_grad = sum(p.grad.abs().sum() for p in module.prior_discriminator.parameters())
+    assert encoder_grad > 0 and disc_grad > 0
+
+
+def test_optional_parts_leave_the_other_initial_weights_unchanged():
+    def build(**kwargs):
+        torch.manual_seed(0)
+        encoder = ConvEncoder(1, 8, 8, latent_dim=4, width=4)
+        return DeepInfomaxModule(encoder, 4, critic_hidden=8, **kwargs).state_dict()
+
+    plain = build()
+    for extra in (build(prior="adversarial"), build(local_local=True)):
+        assert set(plain) < set(extra)
+        assert all(torch.equal(plain[key], extra[key]) for key in plain)
+
+
+@pytest.mark.parametrize(
+    "params, trained",
+    [
+        ({}, {"encoder", "local_critic"}),
+        ({"alpha": 0.5}, {"encoder", "global_critic", "local_critic"}),
+        ({"alpha": 1.0, "beta": 0.0}, {"encoder", "global_critic"}),
+        ({"delta": 0.5}, {"encoder", "local_critic", "local_local_critic"}),
+        ({"prior": "adversarial"}, {"encoder", "local_critic", "prior_discriminator"}),
+        ({"prior": "adversarial", "gamma": 0.0}, {"encoder", "local_critic"}),
+    ],
+)
+def test_the_parts_each_term_trains(params, trained):
+    assert trained_parts(config(**params)) == trained
+    assert kept_parts(config(**params)) == trained | {"encoder", "local_critic"}
+
+
+def test_a_fitted_model_keeps_only_the_parts_it_trained(digit_images, fast):
+    X, _ = digit_images
+    for params in ({}, {"alpha": 0.5, "delta": 0.5, "prior": "adversarial"}):
+        module = DeepInfomaxTransformer(**fast, **params).fit(X[:40]).module_
+        children = {name for name, _ in module.named_children()}
+        assert children == kept_parts(config(**params))
+
+
+def test_the_builder_follows_the_layout():
+    images = build_module(config(), resolve_layout((16, 16, 3), None, "auto"))
+    rows = build_module(config(), resolve_layout((10,), None, "auto"))
+    assert isinstance(images.encoder, ConvEncoder) and isinstance(rows.encoder, MLPEncoder)
+    assert images.encoder.feature_dims["code"] == rows.encoder.feature_dims["code"] == 8
+
+
+def test_weights_that_do_not_fit_the_networks_are_named():
+    layout = resolve_layout((16, 16, 3), None, "auto")
+    state = build_module(config(), layout).state_dict()
+    module, folded = module_from_state(config(), layout, state)
+    assert folded == [] and module.state_dict().keys() == state.keys()
+    with pytest.raises(ValueError, match=r"encoder.to_code.weight is \(16, 64\)"):
+        module_from_state(
+            TrainingConfig.from_params(DeepInfomaxTransformer(width=4, latent_dim=4).get_params()),
+            layout,
+            state,
+        )
