@@ -5,8 +5,9 @@
 
 Fits a default ``DeepInfomaxTransformer`` (width 64: the DIM paper's network) for one epoch
 on synthetic uint8 32x32x3 images (sizes depend on the network, not on the data), then
-writes it with ``joblib.dump``, ``dimlearn.save`` and ``dimlearn.save(...,
-include_training_state=True)``, and reads each back, timing the loads. The encoder's own
+writes it with ``joblib.dump``, ``dimlearn.save``, ``dimlearn.save(...,
+include_training_state=True)`` and ``skops.io.dump`` (when skops is installed), and reads
+each back, timing the loads. The encoder's own
 size (what ``transform`` needs) is reported beside them. Where ``dimlearn.save`` does not
 exist (an older dimlearn), only joblib is measured.
 """
@@ -51,6 +52,15 @@ def measure(alpha: float, n: int) -> list[dict]:
                 ".safetensors",
             ),
         ]
+    try:
+        import skops.io as sio
+
+        def skops_load(path):
+            return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+        writers.append(("skops.io.dump", lambda p: sio.dump(dim, p), skops_load, ".skops"))
+    except ImportError:  # the extra 'skops' is not installed
+        pass
     codes = dim.transform(X[:64])
     with tempfile.TemporaryDirectory() as folder:
         for name, write, read, suffix in writers:

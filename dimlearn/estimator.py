@@ -29,8 +29,22 @@ from .training import train_networks
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
 _PICKLE_FORMAT = 2
-"""Marks pickles of dimlearn 0.3 and later; a pickle without it (dimlearn 0.2) has biases
-before its BatchNorm layers, which unpickling folds away."""
+"""The form of a pickled estimator: 2 (dimlearn 0.3) holds plain values and arrays only; a
+pickle without it (dimlearn 0.2) holds torch modules with biases before their BatchNorm
+layers, which unpickling folds away."""
+
+
+def _upgrade_0_2_pickle(state: dict) -> None:
+    """Turn a dimlearn 0.2 pickle's state into this version's, in place: its networks
+    rebuilt without the biases before BatchNorm layers (folded into the running means, the
+    same codes up to rounding), their Adam moments dropped."""
+    module, folded = module_from_state(
+        TrainingConfig.from_params(state), state["layout_"], state["module_"].state_dict()
+    )
+    state["module_"] = module
+    moments = state.get("_optimizer_state")
+    if moments is not None:
+        state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
 SCORE_BATCH = 128
 """Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
 127 other images, so the score is at most ``log(128)`` = 4.85 nats."""
@@ -637,23 +651,33 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return module
 
     def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_device_copy", None)
+        """The parameters and the fitted state as plain Python values and numpy arrays
+        (:meth:`dimlearn.fitted.FittedState.to_plain`): no torch or skorch object, so that
+        ``skops.io`` can store a fitted estimator (and a ``Pipeline`` around it) safely."""
+        state = dict(super().__getstate__())  # a copy: object's is the instance's own dict
+        for name in [*fitted.ATTRIBUTES.values(), *fitted.CACHES]:
+            state.pop(name, None)
+        if self.__sklearn_is_fitted__():
+            state["_fitted"] = FittedState.of(self).to_plain(include_training_state=True)
         state["_pickle_format"] = _PICKLE_FORMAT
         return state
 
     def __setstate__(self, state):
-        if "module_" in state and "_pickle_format" not in state:  # pickled by dimlearn 0.2
-            state = dict(state)
-            config = TrainingConfig.from_params(state)
-            state["module_"], folded = module_from_state(
-                config, state["layout_"], state["module_"].state_dict()
+        state = dict(state)
+        version = state.pop("_pickle_format", None)
+        plain = state.pop("_fitted", None)
+        if version is None and "module_" in state:  # pickled by dimlearn 0.2
+            _upgrade_0_2_pickle(state)
+        elif version is not None and version > _PICKLE_FORMAT:
+            raise ValueError(
+                f"This DeepInfomaxTransformer was pickled by a newer dimlearn (pickle format "
+                f"{version}; this dimlearn reads up to {_PICKLE_FORMAT}). Upgrade dimlearn "
+                "to unpickle it, or save models with dimlearn.save to share them."
             )
-            moments = state.get("_optimizer_state")
-            if moments is not None:
-                state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
-        state.pop("_pickle_format", None)
         super().__setstate__(state)
+        if plain is not None:
+            config = TrainingConfig.from_params(self.get_params())
+            FittedState.from_plain(plain, config).write_to(self)
 
     @property
     def _n_features_out(self) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -410,9 +411,8 @@ def test_a_pickle_of_dimlearn_0_2_loads_to_the_same_codes_and_trains_on(digit_im
     dim = DeepInfomaxTransformer(**fast).fit(X[:120])
     old = _with_biases_before_batch_norm(dim.module_)
     expected = _old_codes(old, X[:120], dim)
-    state = dim.__getstate__()
-    del state["_pickle_format"]  # what dimlearn 0.2 pickled: the module with its biases
-    state["module_"] = old
+    # what dimlearn 0.2 pickled: the instance's dict, the module with its biases in it
+    state = {**vars(dim), "_sklearn_version": sklearn.__version__, "module_": old}
     state["_optimizer_state"] = {
         **state["_optimizer_state"],
         **{f"{layer}.bias": {} for layer, _ in batch_norm_pairs(old)},
