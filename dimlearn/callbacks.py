@@ -62,6 +62,55 @@ class TimeBudget(Callback):
             raise KeyboardInterrupt
 
 
+class CosineSchedule(Callback):
+    """The learning rate from ``lr`` down to 0 along a half cosine, set before every
+    training batch, after a short linear warm-up.
+
+    The cosine follows the training call's progress: the share of ``max_time`` spent when
+    a budget is set (users give minutes, not epochs: the rate reaches its end when the time
+    runs out), else the share of the ``max_epochs`` epochs' batches done. The warm-up
+    raises the rate linearly over the first ``warmup_steps`` batches (at most a tenth of an
+    epoch-counted call). In data-parallel training every process uses the largest elapsed
+    time of all, so that they all step at the same rate. The rate of each epoch's first
+    batch is recorded as ``event_lr`` in the history.
+    """
+
+    def __init__(self, max_epochs: int, max_time: float | None = None, warmup_steps: int = 100):
+        self.max_epochs = max_epochs
+        self.max_time = max_time
+        self.warmup_steps = warmup_steps
+
+    def on_train_begin(self, net, X=None, **kwargs):
+        self.start_ = clock()
+        self.steps_ = 0
+        self.total_steps_ = self.max_epochs * len(X.batch_sizes(net.batch_size))
+        self.warmup_ = min(self.warmup_steps, max(1, self.total_steps_ // 10))
+        self.base_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
+
+    def progress(self, net) -> float:
+        """The share of the call done, in [0, 1]."""
+        if self.max_time is None:
+            return min(1.0, self.steps_ / self.total_steps_)
+        elapsed = clock() - self.start_
+        ranks = getattr(net, "ranks", None)
+        elapsed = elapsed if ranks is None else ranks.max(elapsed)
+        return min(1.0, elapsed / self.max_time)
+
+    def factor(self, progress: float) -> float:
+        warm = min(1.0, (self.steps_ + 1) / self.warmup_)
+        return warm * 0.5 * (1.0 + np.cos(np.pi * progress))
+
+    def on_batch_begin(self, net, training=True, **kwargs):
+        if not training:
+            return
+        factor = self.factor(self.progress(net))
+        for group, base in zip(net.optimizer_.param_groups, self.base_lrs_, strict=True):
+            group["lr"] = base * factor
+        if "event_lr" not in net.history[-1]:
+            net.history.record("event_lr", net.optimizer_.param_groups[0]["lr"])
+        self.steps_ += 1
+
+
 class StopRequest:
     """A flag that a SIGINT handler sets and :class:`StopAtBatchEnd` reads."""
 

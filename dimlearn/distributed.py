@@ -130,6 +130,12 @@ class Ranks:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item())
 
+    def max(self, value: float) -> float:
+        """The largest of every process's ``value`` (elapsed times)."""
+        largest = torch.tensor([float(value)], dtype=torch.float64, device=self._flag_device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
+        return float(largest.item())
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean over processes of a scalar tensor (held-out losses)."""
         total = value.detach().float().reshape(1).to(self._flag_device)

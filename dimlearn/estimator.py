@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from numbers import Integral, Real
 
 import numpy as np
@@ -45,6 +46,8 @@ def _upgrade_0_2_pickle(state: dict) -> None:
     moments = state.get("_optimizer_state")
     if moments is not None:
         state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
+
+
 SCORE_BATCH = 128
 """Batch size of :meth:`DeepInfomaxTransformer.score`: each code is told apart from up to
 127 other images, so the score is at most ``log(128)`` = 4.85 nats."""
@@ -149,9 +152,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         value: a continued fit keeps Adam's moments, not the learning rate the last call
         ended with.
     lr_schedule : {"constant", "cosine"}, default="constant"
-        ``"cosine"`` anneals the learning rate from ``lr`` to 0 over ``max_epochs`` epochs
-        of each call (per epoch; a ``max_time`` budget that stops training earlier leaves
-        it above 0; a continued fit starts again from ``lr``).
+        ``"cosine"`` anneals the learning rate from ``lr`` to 0 along a half cosine, batch
+        by batch, after a linear warm-up over the first 100 batches: over ``max_time`` when
+        it is set (the rate reaches its end as the time runs out; the schedule then depends
+        on the machine's speed), else over ``max_epochs``. Each ``fit`` starts again from
+        ``lr``; ``partial_fit`` always trains at ``lr``.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data, compute the same weighted
         objective on it after every epoch (``valid_loss`` in ``history_``), stop once it has
@@ -454,8 +459,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         The first call fits the input standardisation on its X (as ``fit`` does); later
         calls keep it and go on training the same networks and optimiser on new data, which
         must have the same per-sample shape. Every row of X is trained on: ``early_stopping``
-        holds nothing out here (it needs several epochs in one call), and ``lr_schedule``
-        acts within one call, so with one epoch per call it keeps ``lr``.
+        holds nothing out here (it needs several epochs in one call), and every call trains at
+        ``lr`` (``lr_schedule`` acts within a ``fit``).
 
         Parameters
         ----------
@@ -467,9 +472,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         self : DeepInfomaxTransformer
         """
-        return self._train(X, max_epochs=1, continued=hasattr(self, "module_"), hold_out=False)
+        return self._train(X, max_epochs=1, continued=hasattr(self, "module_"), partial=True)
 
-    def _train(self, X, *, max_epochs: int, continued: bool, hold_out: bool = True):
+    def _train(self, X, *, max_epochs: int, continued: bool, partial: bool = False):
         if self.alpha == 0 and self.beta == 0:
             raise ValueError(
                 "alpha and beta are both 0, so nothing rewards information in the code. "
@@ -505,6 +510,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "read as tabular rows. Pass image_shape for flat images, or set delta=0."
             )
         config = TrainingConfig.from_params(self.get_params())
+        if partial:  # one epoch a call, on a stream: no schedule within it
+            config = dataclasses.replace(config, lr_schedule="constant")
         previous = FittedState.of(self) if continued else None
         rng = self._training_rng(previous)
         rng_before = rng.get_state()
@@ -512,7 +519,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             seed = int(rng.randint(np.iinfo(np.int32).max))
             if ranks is not None:  # rank 0's, once every process is known to hold the same X
                 seed = ranks.agree(seed, X)
-            train_rows, valid_rows = self._split_rows(len(X), seed) if hold_out else (None, None)
+            train_rows, valid_rows = (None, None) if partial else self._split_rows(len(X), seed)
             stats = (previous.input_mean, previous.input_scale) if continued else None
             stats = stats or channel_stats(X, layout)
             run = train_networks(

@@ -8,13 +8,14 @@ import time
 from dataclasses import dataclass
 
 import torch
-from skorch.callbacks import LRScheduler, PassthroughScoring, ProgressBar
+from skorch.callbacks import PassthroughScoring, ProgressBar
 from skorch.history import History
 from torch import nn
 
 from ._warn import warn
 from .callbacks import (
     BestEpochEarlyStopping,
+    CosineSchedule,
     StopAtBatchEnd,
     StopRequest,
     TimeBudget,
@@ -133,11 +134,11 @@ def build_net(
     (``valid_loss``) and training stops once it has not improved by ``tol`` for
     ``n_iter_no_change`` epochs, restoring the weights and optimiser state of the best epoch
     (:class:`~dimlearn.callbacks.BestEpochEarlyStopping`). ``lr_schedule="cosine"`` anneals
-    the learning rate to 0 over ``max_epochs`` (skorch's ``LRScheduler`` with
-    ``CosineAnnealingLR``). ``max_time`` stops training at a batch's or an epoch's end
-    (:class:`~dimlearn.callbacks.TimeBudget`), and so does a Ctrl-C during :func:`fit_net`
-    (``net.stop_request``). With ``ranks`` each process trains on its part of every batch
-    and only rank 0 prints.
+    the learning rate to 0 batch by batch over ``max_time`` when set, else over
+    ``max_epochs`` (:class:`~dimlearn.callbacks.CosineSchedule`). ``max_time`` stops
+    training at a batch's or an epoch's end (:class:`~dimlearn.callbacks.TimeBudget`), and so
+    does a Ctrl-C during :func:`fit_net` (``net.stop_request``). With ``ranks`` each process
+    trains on its part of every batch and only rank 0 prints.
     """
     criterion = DeepInfomaxLoss(config.weights)
     callbacks = [
@@ -145,7 +146,7 @@ def build_net(
         for name in criterion.active_terms
     ]
     if config.lr_schedule == "cosine":
-        callbacks.append(("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs)))
+        callbacks.append(("lr_schedule", CosineSchedule(max_epochs, config.max_time)))
     if valid_dataset is not None:
         stopping = BestEpochEarlyStopping(
             monitor="valid_loss",

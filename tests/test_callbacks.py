@@ -11,7 +11,13 @@ from skorch.history import History
 
 import dimlearn.callbacks
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.callbacks import StopAtBatchEnd, StopRequest, TimeBudget, finish_history
+from dimlearn.callbacks import (
+    CosineSchedule,
+    StopAtBatchEnd,
+    StopRequest,
+    TimeBudget,
+    finish_history,
+)
 from dimlearn.infomax import DeepInfomaxModule
 from tests.conftest import small_images
 
@@ -208,3 +214,56 @@ def test_early_stopping_with_too_few_rows_is_refused(monkeypatch, fast):
     with pytest.raises(ValueError, match="validation_fraction=0.1 splits 10 samples"):
         X = np.random.default_rng(0).random((10, 8, 8))
         DeepInfomaxTransformer(**fast, early_stopping=True).fit(X)
+
+
+class FakeOptimizerNet(FakeNet):
+    batch_size = 10
+
+    def __init__(self):
+        super().__init__()
+        self.optimizer_ = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+
+
+class TenBatches:
+    def batch_sizes(self, batch_size):
+        return [10] * 10
+
+
+def test_the_cosine_schedule_follows_the_time_budget(monkeypatch):
+    clock, net = FakeClock(monkeypatch), FakeOptimizerNet()
+    schedule = CosineSchedule(max_epochs=1000, max_time=60.0, warmup_steps=1)
+    schedule.on_train_begin(net, X=TenBatches())
+    rates = []
+    for _ in range(7):  # a batch every 10 s: progress 0, 1/6, ..., 1
+        schedule.on_batch_begin(net)
+        rates.append(net.optimizer_.param_groups[0]["lr"])
+        clock.now += 10.0
+    expected = [0.01 * 0.5 * (1 + np.cos(np.pi * k / 6)) for k in range(7)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12, atol=1e-15)
+    assert net.history[-1, "event_lr"] == pytest.approx(0.01)
+
+
+def test_the_cosine_schedule_without_a_budget_follows_the_batches_after_a_warm_up():
+    net = FakeOptimizerNet()
+    schedule = CosineSchedule(max_epochs=2)  # 20 batches: a warm-up of 2
+    schedule.on_train_begin(net, X=TenBatches())
+    rates = []
+    for _ in range(20):
+        schedule.on_batch_begin(net)
+        rates.append(net.optimizer_.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(0.005)  # half way up the warm-up, at progress 0
+    assert rates[1] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi / 20)))
+    assert all(a > b for a, b in zip(rates[1:], rates[2:], strict=False))
+    assert rates[-1] < 0.01 * 0.01
+
+
+def test_a_cosine_fit_under_a_budget_ends_near_zero(digit_images, fast, monkeypatch):
+    clock = BatchClock(monkeypatch)
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(
+        **dict(fast, max_epochs=100), batch_size=16, max_time=12.0, lr_schedule="cosine"
+    ).fit(X[:64])
+    assert clock.train_batches == 12  # 3 epochs of 4 batches, one fake second each
+    # warming up over a tenth of the 100 epochs' 400 batches, at most 100 batches
+    assert dim.history_[0, "event_lr"] == pytest.approx(1e-3 / 40)
+    assert dim.history_[-1, "event_lr"] < 0.2e-3  # 3/4 of the way down the cosine
