@@ -91,6 +91,17 @@ OPTIONS = [
     ),
 ]
 
+# ideas for more quality per CPU minute, each a change to the defaults at the same budget
+COSINE = dict(lr_schedule="cosine")
+IDEAS = [
+    ("defaults", {}),
+    ("cosine LR over the budget", COSINE),
+    ("cosine, lr 2e-3", dict(COSINE, lr=2e-3)),
+    ("cosine, batch 64", dict(COSINE, batch_size=64)),
+    ("cosine, augment (crop + flip)", dict(COSINE, augment=True)),
+    ("cosine, no prior", dict(COSINE, gamma=0.0)),
+]
+
 COLUMNS = [
     ("features", "features"),
     ("dims", "dims"),
@@ -213,7 +224,12 @@ def options_study(data, args):
     return _configs_study(OPTIONS, data, args)
 
 
+def ideas_study(data, args):
+    return _configs_study(IDEAS, data, args)
+
+
 STUDIES = {
+    "ideas": ideas_study,
     "baselines": baselines_study,
     "ablation": ablation_study,
     "variants": variants_study,

@@ -14,6 +14,11 @@ TERM_NAMES = ("global", "local", "prior", "local_local")
 """The loss terms, in the order of their weights ``alpha, beta, gamma, delta``."""
 
 
+ADDED_SINCE_0_2 = {"views": 1, "temperature": None}
+"""Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
+model file or a pickle of 0.2 is read with (not today's defaults)."""
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """What the estimator's parameters say about the networks and about training.
@@ -38,10 +43,12 @@ class TrainingConfig:
     prior: str
     negatives: str
     critic: str
+    temperature: float | None
     mi_estimator: str
     latent_dim: int
     width: int
     augment: bool
+    views: int
     max_time: float | None
     batch_size: int
     lr: float

@@ -18,7 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import fitted
-from .config import TrainingConfig
+from .config import ADDED_SINCE_0_2, TrainingConfig
 from .devices import on_device, resolve_device
 from .distributed import training_ranks
 from .fitted import FittedState
@@ -39,6 +39,8 @@ def _upgrade_0_2_pickle(state: dict) -> None:
     """Turn a dimlearn 0.2 pickle's state into this version's, in place: its networks
     rebuilt without the biases before BatchNorm layers (folded into the running means, the
     same codes up to rounding), their Adam moments dropped."""
+    for name, value in ADDED_SINCE_0_2.items():
+        state.setdefault(name, value)
     module, folded = module_from_state(
         TrainingConfig.from_params(state), state["layout_"], state["module_"].state_dict()
     )
@@ -108,6 +110,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         official DIM code's).
         With ``negatives="all"``, ``"concat"`` runs its MLP on all B x B pairs (and, for the
         local term, at every position): B times the cost of ``"dot"``.
+    temperature : float or None, default=None
+        ``critic="dot"`` only: score a pair by the cosine of the two embeddings divided by
+        ``temperature`` (normalised embeddings, as in SimCLR), so scores stay within
+        ``1 / temperature``; None scores by the raw dot product.
     mi_estimator : {"jsd", "infonce", "dv"}, default="infonce"
         MI estimator: Jensen-Shannon (the Keras reference's), infoNCE or Donsker-Varadhan
         (the DIM paper's).
@@ -135,6 +141,13 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         random horizontal flip of every training image, drawn anew each epoch (the Keras reference's
         multi-scale idea in its simplest form). Not for digits or text-like images, where
         a mirror changes the class.
+    views : {1, 2}, default=1
+        Views of each training sample. 2 trains the way AMDIM (Bachman et al. 2019) does:
+        every batch is seen as two independently augmented views, and the code of each view
+        is contrasted with the local map of the other, so the code keeps what survives the
+        augmentation (the object rather than its colour or position). Images: random crop
+        and flip, colour jitter and random greyscale; table rows: SCARF's corruption of 30%
+        of the features by other rows' values. A step then costs two encoder passes.
     max_epochs : int, default=20
         Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
     max_time : float or None, default=None
@@ -300,6 +313,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "prior": [StrOptions({"kl", "kl_mean", "adversarial"})],
         "negatives": [StrOptions({"shuffle", "all"})],
         "critic": [StrOptions({"concat", "dot"})],
+        "temperature": [Interval(Real, 0, None, closed="neither"), None],
         "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "width": [Interval(Integral, 1, None, closed="left")],
@@ -307,6 +321,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "image_shape": [None, tuple, list],
         "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
         "augment": ["boolean"],
+        "views": [Interval(Integral, 1, 2, closed="both")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -336,6 +351,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         prior: str = "kl_mean",
         negatives: str = "all",
         critic: str = "dot",
+        temperature: float | None = None,
         mi_estimator: str = "infonce",
         latent_dim: int = 64,
         width: int = 64,
@@ -343,6 +359,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         image_shape: tuple | None = None,
         image_layout: str = "auto",
         augment: bool = False,
+        views: int = 1,
         max_epochs: int = 20,
         max_time: float | None = None,
         batch_size: int = 128,
@@ -368,6 +385,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.prior = prior
         self.negatives = negatives
         self.critic = critic
+        self.temperature = temperature
         self.mi_estimator = mi_estimator
         self.latent_dim = latent_dim
         self.width = width
@@ -375,6 +393,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.image_shape = image_shape
         self.image_layout = image_layout
         self.augment = augment
+        self.views = views
         self.max_epochs = max_epochs
         self.max_time = max_time
         self.batch_size = batch_size
@@ -479,6 +498,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             raise ValueError(
                 "alpha and beta are both 0, so nothing rewards information in the code. "
                 "Set alpha > 0 (global MI) or beta > 0 (local MI)."
+            )
+        if self.temperature is not None and self.critic != "dot":
+            raise ValueError(
+                f"temperature={self.temperature} scales the cosines of dot-product critics, "
+                f"but critic={self.critic!r}. Set critic='dot', or temperature=None."
             )
         ranks = training_ranks(self.distributed)
         device = resolve_device(self.device, strict=True)

@@ -21,7 +21,7 @@ from .networks import (
     MLPEncoder,
     PriorDiscriminator,
     WholeBatch,
-    fold_biases_into_batch_norm,
+    fold_old_biases,
     split_pairs,
 )
 from .objectives import adversarial_prior_losses, derangement, mi_loss, prior_kl, sample_code
@@ -62,6 +62,10 @@ class DeepInfomaxModule(nn.Module):
         dimensions, or a discriminator (built only for ``"adversarial"``).
     local_local : bool
         Build the local-local critic (the ``"local_local"`` term).
+    views : {1, 2}
+        Views per image that :meth:`terms` receives.
+    temperature : float or None
+        Dot critics only: scores are cosines of the embeddings over it.
     """
 
     def __init__(
@@ -74,12 +78,16 @@ class DeepInfomaxModule(nn.Module):
         mi_estimator: str = "jsd",
         prior: str = "kl",
         local_local: bool = False,
+        views: int = 1,
+        temperature: float | None = None,
     ):
         super().__init__()
+        self.views = views
         self.encoder = encoder
         global_cls, local_cls = CRITICS[critic]
-        self.global_critic = global_cls(encoder.local_shape, latent_dim, critic_hidden)
-        self.local_critic = local_cls(encoder.local_shape, latent_dim, critic_hidden)
+        scale = {} if temperature is None else {"temperature": temperature}
+        self.global_critic = global_cls(encoder.local_shape, latent_dim, critic_hidden, **scale)
+        self.local_critic = local_cls(encoder.local_shape, latent_dim, critic_hidden, **scale)
         # optional parts are created after the others, so that adding them leaves the
         # initial weights of the rest unchanged for a given seed
         if local_local:
@@ -98,6 +106,10 @@ class DeepInfomaxModule(nn.Module):
     """The rows of the batch this process holds, in data-parallel training (set by the
     training step; None: the whole batch)."""
 
+    views: int = 1
+    """Views per image in a training batch: 1, or 2 for two-view training (set by the
+    builder from ``config.views``)."""
+
     def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The training step's loss terms: :meth:`terms`. Training calls the module itself,
         so that ``torch.compile`` and data-parallel wrappers, which wrap ``forward``, wrap
@@ -110,46 +122,70 @@ class DeepInfomaxModule(nn.Module):
 
         Terms whose weight is zero are not requested, so their critics cost nothing. In
         data-parallel training ``x`` is this process's part of the batch (:attr:`part`);
-        every term is still the whole batch's, identical in every process.
+        every term is still the whole batch's, identical in every process. With
+        :attr:`views` = 2, ``x`` stacks two views of the batch, ``(2, B, ...)``: the code of
+        each view is contrasted with the other view's local map (AMDIM's form of DIM), and
+        each term is the mean over the two directions (the prior and local-local terms:
+        over the two views).
         """
-        part = self.part or WholeBatch(x.shape[0])
-        local_map, mu, logvar = self.encoder(x)
+        views = list(x) if self.views == 2 else [x]
+        part = self.part or WholeBatch(views[0].shape[0])
+        encoded = [self.encoder(view) for view in views]  # (local map, mu, logvar) each
         out = {}
         needs_z = "global" in names or "local" in names
         needs_perm = needs_z or "local_local" in names
         draw = self.generator
 
-        def normal_draws():  # N(0, I) for the whole batch, this process's rows of it
-            shape = (part.total, mu.shape[1])
-            return torch.randn(shape, generator=draw, device=mu.device, dtype=mu.dtype)[part.rows]
+        def normal_draws(like):  # N(0, I) for the whole batch, this process's rows of it
+            shape = (part.total, like.shape[1])
+            noise = torch.randn(shape, generator=draw, device=like.device, dtype=like.dtype)
+            return noise[part.rows]
 
-        z = None
+        codes = [None] * len(views)
         if needs_z or self.prior == "adversarial":
-            z = sample_code(mu, logvar, noise=normal_draws())
+            codes = [sample_code(mu, logvar, noise=normal_draws(mu)) for _, mu, logvar in encoded]
         perm = None
         if needs_perm and self.negatives == "shuffle":
-            perm = derangement(part.total, device=x.device, generator=draw)
+            perm = derangement(part.total, device=views[0].device, generator=draw)
+        # the code of view k against the local map of the next view (itself with one view)
+        pairs = [(codes[k], encoded[(k + 1) % len(views)][0]) for k in range(len(views))]
+
+        def mean(values):
+            return sum(values) / len(values)
+
         for name, critic in (("global", self.global_critic), ("local", self.local_critic)):
             if name in names:
-                pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
-                out[name] = mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator)
+                losses = []
+                for z, local_map in pairs:
+                    pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
+                    losses.append(mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator))
+                out[name] = mean(losses)
         if "local_local" in names:
-            pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm, part)
-            out["local_local"] = mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator)
+            losses = []
+            for local_map, _, _ in encoded:
+                pos, neg = self.local_local_critic.scores(local_map, self.negatives, perm, part)
+                losses.append(mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator))
+            out["local_local"] = mean(losses)
         if "prior" in names:
-            if self.prior == "adversarial":
-                disc = self.prior_discriminator
-                samples = normal_draws()
-                d_loss, g_loss = adversarial_prior_losses(
-                    part.gather(disc(samples)),
-                    part.gather(disc(z.detach())),
-                    part.gather(disc.frozen(z)),
-                )
-                out["prior"] = d_loss + g_loss
-            else:
-                reduction = "mean" if self.prior == "kl_mean" else "sum"
-                out["prior"] = prior_kl(part.gather(mu), part.gather(logvar), reduction)
+            out["prior"] = mean(
+                [
+                    self._prior(mu, logvar, z, part, normal_draws)
+                    for (_, mu, logvar), z in zip(encoded, codes, strict=True)
+                ]
+            )
         return out
+
+    def _prior(self, mu, logvar, z, part, normal_draws):
+        if self.prior == "adversarial":
+            disc = self.prior_discriminator
+            d_loss, g_loss = adversarial_prior_losses(
+                part.gather(disc(normal_draws(mu))),
+                part.gather(disc(z.detach())),
+                part.gather(disc.frozen(z)),
+            )
+            return d_loss + g_loss
+        reduction = "mean" if self.prior == "kl_mean" else "sum"
+        return prior_kl(part.gather(mu), part.gather(logvar), reduction)
 
 
 # -- the module from a config, and which parts of it each term trains ---------------------
@@ -213,6 +249,8 @@ def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
         mi_estimator=config.mi_estimator,
         prior=config.prior,
         local_local=config.delta > 0,
+        views=config.views,
+        temperature=config.temperature,
     )
 
 
@@ -227,7 +265,7 @@ def keep_parts(module: nn.Module, parts: set[str]) -> nn.Module:
 def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tuple:
     """The networks of ``config`` and ``layout`` holding the weights ``state`` (a
     ``state_dict`` of the parts it has; older models' biases before a BatchNorm layer are
-    folded into it, :func:`~dimlearn.networks.fold_biases_into_batch_norm`). Returns the
+    folded into it, :func:`~dimlearn.networks.fold_old_biases`). Returns the
     module (in eval mode) and the names of the folded biases.
 
     Raises ``ValueError`` naming the weights that do not fit the networks.
@@ -238,7 +276,7 @@ def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tu
     state = dict(state)
     present = {key.split(".")[0] for key in state}
     keep_parts(module, present)
-    folded = fold_biases_into_batch_norm(state, module)
+    folded = fold_old_biases(state, module)
     expected = module.state_dict()
     wrong = sorted(
         f"{key} is {tuple(state[key].shape) if key in state else 'missing'}, "

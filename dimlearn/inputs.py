@@ -299,39 +299,6 @@ class ArrayBatches(torch.utils.data.Dataset):
         return self.take(slice(index, index + 1))[0]
 
 
-def random_crop_flip(
-    images: torch.Tensor, generator: torch.Generator | None = None, part=None
-) -> torch.Tensor:
-    """Random crop after reflection padding, and a random horizontal flip, per image.
-
-    Pads by an eighth of the side (4 px on 32x32, the usual CIFAR setting), crops back to
-    the original size at a random offset, and mirrors half of the images. Draws from
-    ``generator`` (on the images' device; torch's global RNG when None). ``images`` is
-    ``(B, C, H, W)``; with ``part`` (data-parallel training: which rows of a larger batch
-    they are, see :class:`~dimlearn.networks.WholeBatch`) the draws are made for the whole
-    batch and these rows take theirs.
-
-    Examples
-    --------
-    >>> import torch
-    >>> random_crop_flip(torch.zeros(5, 3, 32, 32)).shape
-    torch.Size([5, 3, 32, 32])
-    """
-    n, _, h, w = images.shape
-    device = images.device
-    total, mine = (n, slice(0, n)) if part is None else (part.total, part.rows)
-    pad_h, pad_w = max(1, h // 8), max(1, w // 8)
-    padded = torch.nn.functional.pad(images, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    top = torch.randint(0, 2 * pad_h + 1, (total, 1, 1), device=device, generator=generator)
-    left = torch.randint(0, 2 * pad_w + 1, (total, 1, 1), device=device, generator=generator)
-    rows = top[mine] + torch.arange(h, device=device)[None, :, None]
-    cols = left[mine] + torch.arange(w, device=device)[None, None, :]
-    flip = torch.rand(total, device=device, generator=generator)[mine] < 0.5
-    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-    cropped = padded[torch.arange(n, device=device)[:, None, None], :, rows, cols]  # (B,H,W,C)
-    return cropped.permute(0, 3, 1, 2).contiguous()
-
-
 def even_sizes(total: int, parts: int) -> list[int]:
     """Sizes of ``parts`` consecutive pieces of ``total`` rows, differing by at most one,
     the larger ones first.

@@ -13,7 +13,7 @@ from skorch import NeuralNet
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .inputs import random_crop_flip
+from .views import random_crop_flip, two_views
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -49,7 +49,12 @@ class DeepInfomaxNet(NeuralNet):
     Parameters (beyond skorch's)
     ----------------------------
     augment : bool
-        Random crop and flip of every training batch (:func:`~dimlearn.inputs.random_crop_flip`).
+        Random crop and flip of every training batch (:func:`~dimlearn.views.random_crop_flip`).
+    views : {1, 2}
+        2: the module gets two augmented views of every training batch, stacked
+        (:func:`~dimlearn.views.two_views`); held-out batches are given as two identical views.
+    kind : {"image", "tabular"}
+        What the samples are (which views suit them).
     channels_last : bool
         Image batches in NHWC memory order (faster convolutions on CUDA).
     generator : torch.Generator or None
@@ -69,6 +74,8 @@ class DeepInfomaxNet(NeuralNet):
         module,
         *args,
         augment: bool = False,
+        views: int = 1,
+        kind: str = "image",
         channels_last: bool = False,
         generator: torch.Generator | None = None,
         precision: str = "float32",
@@ -79,6 +86,8 @@ class DeepInfomaxNet(NeuralNet):
     ):
         super().__init__(module, *args, **kwargs)
         self.augment = augment
+        self.views = views
+        self.kind = kind
         self.channels_last = channels_last
         self.generator = generator
         self.precision = precision
@@ -97,6 +106,10 @@ class DeepInfomaxNet(NeuralNet):
         """A standardised batch as the module's input: augmented in training, in the memory
         order the device prefers. ``part``: which rows of the whole batch these are
         (data-parallel training), so that augmentation draws for the whole batch."""
+        if self.views == 2:
+            return (
+                two_views(x, self.kind, self.generator, part) if training else x.expand(2, *x.shape)
+            )
         x = random_crop_flip(x, self.generator, part) if training and self.augment else x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

@@ -161,23 +161,27 @@ def batch_norm_pairs(module: nn.Module):
                     yield f"{dot}{name}", f"{dot}{bn_name}"
 
 
-def fold_biases_into_batch_norm(state: dict, module: nn.Module) -> list[str]:
-    """Make a state dict of networks built before dimlearn 0.3 fit ``module``: a bias of a
-    layer directly before a BatchNorm layer (which ``module`` builds without one) is folded
-    into that BatchNorm layer's running mean, in place. In eval mode
-    ``BN(W x + b)`` with running mean ``m`` equals ``BN(W x)`` with running mean ``m - b``
-    (up to the rounding of one float subtraction); in training mode BatchNorm subtracts the
-    batch mean, which removes ``b`` anyway. Returns the names of the biases folded.
+def fold_old_biases(state: dict, module: nn.Module) -> list[str]:
+    """Make a state dict of networks built before dimlearn 0.3 fit ``module``, in place;
+    returns the names of the biases it removed.
+
+    A bias of a layer directly before a BatchNorm layer (which ``module`` builds without
+    one) is folded into that BatchNorm layer's running mean: in eval mode ``BN(W x + b)``
+    with running mean ``m`` equals ``BN(W x)`` with running mean ``m - b`` (up to the
+    rounding of one float subtraction), and in training mode BatchNorm subtracts the batch
+    mean, which removes ``b`` anyway. The biases of the critics' candidate embeddings (see
+    :data:`NO_CANDIDATE_BIAS`) are dropped: they never change what infoNCE, ``score`` or
+    ``transform`` compute.
 
     Examples
     --------
     >>> import torch
     >>> enc = MLPEncoder(n_features=3, latent_dim=2, width=1)
     >>> old = {**enc.state_dict(), "to_fc.0.bias": torch.ones(4)}
-    >>> fold_biases_into_batch_norm(old, enc), old["to_fc.1.running_mean"].tolist()
+    >>> fold_old_biases(old, enc), old["to_fc.1.running_mean"].tolist()
     (['to_fc.0.bias'], [-1.0, -1.0, -1.0, -1.0])
     """
-    folded = []
+    removed = []
     for layer, batch_norm in batch_norm_pairs(module):
         bias = state.get(f"{layer}.bias")
         mean = state.get(f"{batch_norm}.running_mean")
@@ -185,8 +189,13 @@ def fold_biases_into_batch_norm(state: dict, module: nn.Module) -> list[str]:
             continue
         state[f"{batch_norm}.running_mean"] = mean - bias
         del state[f"{layer}.bias"]
-        folded.append(f"{layer}.bias")
-    return folded
+        removed.append(f"{layer}.bias")
+    for name, layer in module.named_modules():
+        key = f"{name}.bias"
+        if key in state and getattr(layer, "bias", 0) is None:
+            del state[key]
+            removed.append(key)
+    return removed
 
 
 class MLPEncoder(_Encoder):
@@ -224,8 +233,14 @@ def _map_summary(local_shape: tuple[int, int, int], head) -> nn.Sequential:
     )
 
 
-def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+def _mlp(n_in: int, hidden: int, n_out: int, bias: bool = True) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out, bias=bias))
+
+
+NO_CANDIDATE_BIAS = """The embedding of the candidates (the images a code is told apart from, the
+contexts a position is) ends without a bias: a bias b there adds b . g(z) to every candidate's
+score for the same code alike, which infoNCE's softmax over the candidates ignores, so its
+true gradient is 0 and Adam would turn float noise into lr-sized steps (see ConvEncoder)."""
 
 
 class GlobalCritic(nn.Module):
@@ -291,19 +306,41 @@ class LocalCritic(nn.Module):
         return self.pair_scores(image_part.unsqueeze(0), code_part.unsqueeze(1))
 
 
+def _unit(embedding: torch.Tensor, dim: int, temperature: float | None) -> torch.Tensor:
+    """The embedding scaled to unit length along ``dim`` and divided by the square root of
+    ``temperature``, so that a dot product of two is a cosine over ``temperature``; as it is
+    when ``temperature`` is None."""
+    if temperature is None:
+        return embedding
+    return nn.functional.normalize(embedding, dim=dim) / temperature**0.5
+
+
 class GlobalDotCritic(nn.Module):
     """T1(x, z) = f(summary of C(x)) . g(z), the official DIM code's encode-and-dot form.
 
     Scoring a pair is one dot product, so all B x B pairs of a batch cost one matrix product.
+    With ``temperature``, f and g are normalised and the score is their cosine over it
+    (bounded by ``1 / temperature``).
     """
 
-    def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
+    def __init__(
+        self,
+        local_shape: tuple[int, int, int],
+        latent_dim: int,
+        hidden: int,
+        temperature: float | None = None,
+    ):
         super().__init__()
-        self.image_side = _map_summary(local_shape, lambda n: _mlp(n, hidden, hidden))
+        # NO_CANDIDATE_BIAS
+        self.image_side = _map_summary(local_shape, lambda n: _mlp(n, hidden, hidden, False))
         self.code_side = _mlp(latent_dim, hidden, hidden)
+        self.temperature = temperature
 
     def embed(self, local_map: torch.Tensor, z: torch.Tensor):
-        return self.image_side(local_map), self.code_side(z)
+        return (
+            _unit(self.image_side(local_map), -1, self.temperature),
+            _unit(self.code_side(z), -1, self.temperature),
+        )
 
     def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
         return (image_part * code_part).sum(-1)
@@ -314,18 +351,27 @@ class GlobalDotCritic(nn.Module):
 
 
 class LocalDotCritic(nn.Module):
-    """T2(C_ij, z) = f(C_ij(x)) . g(z) with f a stack of 1x1 convolutions."""
+    """T2(C_ij, z) = f(C_ij(x)) . g(z) with f a stack of 1x1 convolutions (with
+    ``temperature``: their cosine over it, as :class:`GlobalDotCritic`)."""
 
-    def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
+    def __init__(
+        self,
+        local_shape: tuple[int, int, int],
+        latent_dim: int,
+        hidden: int,
+        temperature: float | None = None,
+    ):
         super().__init__()
         channels = local_shape[0]
-        self.map_side = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1)
+        self.map_side = nn.Sequential(  # NO_CANDIDATE_BIAS
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1, bias=False)
         )
         self.code_side = _mlp(latent_dim, hidden, hidden)
+        self.temperature = temperature
 
     def embed(self, local_map: torch.Tensor, z: torch.Tensor):
-        return self.map_side(local_map), self.code_side(z)[:, :, None, None]
+        code = _unit(self.code_side(z), -1, self.temperature)
+        return _unit(self.map_side(local_map), 1, self.temperature), code[:, :, None, None]
 
     def pair_scores(self, image_part: torch.Tensor, code_part: torch.Tensor) -> torch.Tensor:
         return (image_part * code_part).sum(-3)
@@ -355,13 +401,13 @@ class LocalLocalCritic(nn.Module):
                 f"{h}x{w}. Set delta=0, or use larger images."
             )
 
-        def side():
+        def side(bias=True):
             return nn.Sequential(
-                nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1)
+                nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1, bias=bias)
             )
 
         self.position_side = side()
-        self.context_side = side()
+        self.context_side = side(bias=False)  # NO_CANDIDATE_BIAS
 
     def scores(self, local_map: torch.Tensor, negatives: str, perm=None, part=None):
         """Positive scores ``(B, h, w)`` and negative scores ``(B, K, h, w)`` of this

@@ -22,7 +22,7 @@ import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .config import TrainingConfig
+from .config import ADDED_SINCE_0_2, TrainingConfig
 from .estimator import DeepInfomaxTransformer
 from .fitted import FittedState
 
@@ -198,7 +198,7 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
             "altered or damaged after it was saved. Save or copy the model again."
         )
     try:
-        estimator = _rebuild(payload, tensors)
+        estimator = _rebuild(payload, tensors, version)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
@@ -299,11 +299,13 @@ def _read_tensors(data: bytes, path: Path) -> dict:
         ) from None
 
 
-def _rebuild(payload: dict, tensors: dict) -> DeepInfomaxTransformer:
+def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransformer:
     """A fitted estimator from a file's JSON and tensors, every field checked."""
     if payload["estimator"] != DeepInfomaxTransformer.__name__:
         raise ModelFileError(f"it holds a {payload['estimator']!r}, not a DeepInfomaxTransformer")
     params = dict(payload["params"])
+    if version == 1:  # dimlearn 0.2: what it did, not today's defaults, for what it lacked
+        params = {**ADDED_SINCE_0_2, **params}
     unknown = set(params) - set(DeepInfomaxTransformer().get_params())
     if unknown:
         raise ModelFileError(f"unknown parameters {sorted(unknown)} (written by another version?)")

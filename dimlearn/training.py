@@ -188,6 +188,8 @@ def build_net(
         device=device,
         verbose=verbose,
         augment=bool(config.augment),
+        views=config.views,
+        kind=dataset.layout.kind,
         channels_last=on_cuda and dataset.layout.kind == "image",
         generator=generators[1],
         precision=config.precision,

@@ -140,6 +140,14 @@ def two_process_run(tmp_path_factory):
     cases = {
         "images": {"data": str(tmp / "images.npy"), "params": IMAGES, "partial_fit": True},
         "tabular": {"data": str(tmp / "tabular.npy"), "params": TABULAR},
+        "two_views": {
+            "data": str(tmp / "images.npy"),
+            "params": dict(IMAGES, views=2, temperature=0.2, mi_estimator="infonce"),
+        },
+        "two_views_tabular": {
+            "data": str(tmp / "tabular.npy"),
+            "params": dict(TABULAR, views=2),
+        },
         "unsynced": {
             "data": str(tmp / "images.npy"),
             "params": IMAGES,
@@ -187,7 +195,7 @@ def assert_same_training(one, two):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["images", "tabular"])
+@pytest.mark.parametrize("case", ["images", "tabular", "two_views", "two_views_tabular"])
 def test_two_processes_match_one_per_epoch_and_in_the_weights(two_process_run, case):
     one, two, ranks, _ = two_process_run[case]
     assert_same_training(one, two)

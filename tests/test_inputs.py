@@ -96,26 +96,6 @@ def test_readonly_input_gives_no_warning(recwarn):
     assert not [w for w in recwarn if "not writable" in str(w.message)]
 
 
-def test_random_crop_flip_shifts_and_mirrors_within_the_padding():
-    from dimlearn.inputs import random_crop_flip
-
-    torch.manual_seed(0)
-    images = (
-        torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16).repeat(64, 1, 1, 1)
-    )
-    out = random_crop_flip(images)
-    assert out.shape == images.shape
-    assert not torch.equal(out, images)  # 128 draws: some crop or flip happened
-    # every output row is a (possibly mirrored) run of one padded input row
-    centre = out[:, 0, 8, :]
-    steps = (centre[:, 1:] - centre[:, :-1]).abs()
-    assert ((steps == 1) | (steps == 0) | (steps == 2)).float().mean() > 0.95
-    # mostly decreasing along the row: mirrored (reflected borders may turn a step or two)
-    decreasing = (centre[:, 1:] < centre[:, :-1]).float().mean(dim=1)
-    flipped = (decreasing > 0.5).float().mean()
-    assert 0.3 < flipped < 0.7
-
-
 def test_batches_travel_in_their_stored_dtype_and_are_standardised_where_they_land():
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)

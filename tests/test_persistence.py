@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from sklearn.exceptions import NotFittedError
 
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
+from dimlearn.config import ADDED_SINCE_0_2
 from dimlearn.networks import batch_norm_pairs
 from dimlearn.persistence import FORMAT_VERSION, _digest
 
@@ -325,6 +326,11 @@ def _with_biases_before_batch_norm(module, seed=0):
         bias = torch.randn(norm.num_features, generator=generator)
         layer.bias = torch.nn.Parameter(bias)
         norm.running_mean += bias
+    # 0.2's critics also had biases on their candidates' embeddings (NO_CANDIDATE_BIAS)
+    for name, layer in old.named_modules():
+        if not name.startswith("encoder") and getattr(layer, "bias", 0) is None:
+            out = layer.weight.shape[0]
+            layer.bias = torch.nn.Parameter(torch.randn(out, generator=generator))
     return old
 
 
@@ -339,7 +345,7 @@ def _write_format_1(path, estimator, module, include_training_state=False):
         for key, value in module.state_dict().items()
         if include_training_state or key.split(".")[0] in ("encoder", "local_critic")
     }
-    params = estimator.get_params()
+    params = {k: v for k, v in estimator.get_params().items() if k not in ADDED_SINCE_0_2}
     payload = {
         "estimator": "DeepInfomaxTransformer",
         "versions": {"dimlearn": "0.2.0"},
@@ -352,12 +358,11 @@ def _write_format_1(path, estimator, module, include_training_state=False):
         for name, moments in plain["optimizer"].items():
             for key, value in moments.items():
                 tensors[f"optimizer.{name}.{key}"] = torch.from_numpy(value)
-        for layer, _ in batch_norm_pairs(module):  # 0.2 kept Adam's moments of the biases
-            for key in ("exp_avg", "exp_avg_sq"):
-                tensors[f"optimizer.{layer}.bias.{key}"] = torch.zeros_like(
-                    module.get_submodule(layer).bias
-                )
-            tensors[f"optimizer.{layer}.bias.step"] = torch.tensor(2.0)
+        for name, bias in module.named_parameters():  # 0.2 kept Adam's moments of all
+            if name.endswith(".bias") and name.removeprefix("module.") not in plain["weights"]:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    tensors[f"optimizer.{name}.{key}"] = torch.zeros_like(bias)
+                tensors[f"optimizer.{name}.step"] = torch.tensor(2.0)
         payload["random_state_"] = plain["random_state"]
     payload["weights_sha256"] = _digest(tensors)
     metadata = {"format": "dimlearn.model", "format_version": "1", "dimlearn": json.dumps(payload)}

@@ -1,0 +1,96 @@
+"""Views of a batch drawn on its device: crops and flips, colour jitter, SCARF's corruption of
+table rows, two views for AMDIM-style training; and two-view training itself."""
+
+import numpy as np
+import pytest
+import torch
+
+from dimlearn import DeepInfomaxTransformer
+from dimlearn.distributed import BatchPart
+from dimlearn.views import colour_jitter, corrupt_rows, random_crop_flip, two_views
+
+
+def test_random_crop_flip_shifts_and_mirrors_within_the_padding():
+    torch.manual_seed(0)
+    images = (
+        torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16).repeat(64, 1, 1, 1)
+    )
+    out = random_crop_flip(images)
+    assert out.shape == images.shape
+    assert not torch.equal(out, images)  # 128 draws: some crop or flip happened
+    # every output row is a (possibly mirrored) run of one padded input row
+    centre = out[:, 0, 8, :]
+    steps = (centre[:, 1:] - centre[:, :-1]).abs()
+    assert ((steps == 1) | (steps == 0) | (steps == 2)).float().mean() > 0.95
+    # mostly decreasing along the row: mirrored (reflected borders may turn a step or two)
+    decreasing = (centre[:, 1:] < centre[:, :-1]).float().mean(dim=1)
+    flipped = (decreasing > 0.5).float().mean()
+    assert 0.3 < flipped < 0.7
+
+
+def test_colour_jitter_is_linear_per_image_and_greys_some():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(200, 3, 4, 4, generator=generator)
+    out = colour_jitter(images, torch.Generator().manual_seed(1), grey=0.5)
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    grey = (out - out.mean(dim=1, keepdim=True)).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert 0.35 < grey.float().mean() < 0.65  # about half are grey
+    # one channel: brightness and contrast only, an affine map of each image
+    single = torch.randn(5, 1, 4, 4, generator=generator)
+    jittered = colour_jitter(single, torch.Generator().manual_seed(2))
+    for image, new in zip(single, jittered, strict=True):
+        slope = np.polyfit(image.flatten().numpy(), new.flatten().numpy(), 1)[0]
+        assert 0.6 - 1e-4 <= slope <= 1.4 + 1e-4
+        residual = new - (slope * image + (new.mean() - slope * image.mean()))
+        assert float(residual.abs().max()) < 1e-4
+
+
+def test_corrupted_rows_keep_each_value_in_its_column():
+    x = torch.arange(600.0).reshape(100, 6)
+    view = corrupt_rows(x, torch.Generator().manual_seed(0))
+    assert torch.equal(view % 6, x % 6)  # every value comes from its own feature
+    replaced = (view != x).float().mean()
+    assert 0.2 < replaced < 0.35  # about 30%, less the draws of a row's own value
+
+
+def test_views_of_a_part_are_the_rows_of_the_whole_batch_s_views():
+    images = torch.randn(10, 3, 8, 8)
+    whole = two_views(images, "image", torch.Generator().manual_seed(3))
+    part = BatchPart(10, rank=1, size=2, group=None)
+    mine = two_views(images[part.rows], "image", torch.Generator().manual_seed(3), part)
+    torch.testing.assert_close(mine, whole[:, part.rows], rtol=0, atol=0)
+
+
+def test_two_view_training_fits_reproducibly_on_images_and_tables(digit_images, fast):
+    X, _ = digit_images
+    for data in (X[:80], X[:80].reshape(80, -1)):
+        a = DeepInfomaxTransformer(**fast, views=2).fit(data)
+        b = DeepInfomaxTransformer(**fast, views=2).fit(data)
+        np.testing.assert_array_equal(a.transform(data), b.transform(data))
+        assert np.isfinite(a.loss_curve_).all()
+        one_view = DeepInfomaxTransformer(**fast).fit(data)
+        assert not np.array_equal(a.transform(data), one_view.transform(data))
+
+
+def test_two_views_with_held_out_rows_score_identical_views(digit_images, fast):
+    X, _ = digit_images
+    dim = DeepInfomaxTransformer(**fast, views=2, early_stopping=True, validation_fraction=0.25)
+    dim.fit(X[:80])
+    assert np.isfinite(dim.history_[:, "valid_loss"]).all()
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0])
+def test_cosine_scores_stay_within_one_over_the_temperature(temperature):
+    from dimlearn.infomax import contrast
+    from dimlearn.networks import LocalDotCritic
+
+    critic = LocalDotCritic((4, 3, 3), latent_dim=5, hidden=8, temperature=temperature)
+    with torch.no_grad():
+        pos, neg = contrast(critic, 100 * torch.randn(6, 4, 3, 3), 100 * torch.randn(6, 5), "all")
+    assert float(torch.cat([pos.flatten(), neg.flatten()]).abs().max()) <= 1 / temperature + 1e-4
+
+
+def test_temperature_needs_the_dot_critic(digit_images, fast):
+    X, _ = digit_images
+    with pytest.raises(ValueError, match="critic='dot'"):
+        DeepInfomaxTransformer(**fast, temperature=0.1, critic="concat").fit(X[:20])
