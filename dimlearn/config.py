@@ -14,7 +14,7 @@ TERM_NAMES = ("global", "local", "prior", "local_local")
 """The loss terms, in the order of their weights ``alpha, beta, gamma, delta``."""
 
 
-ADDED_SINCE_0_2 = {"views": 1, "temperature": None}
+ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp"}
 """Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
 model file or a pickle of 0.2 is read with (not today's defaults)."""
 
@@ -47,6 +47,7 @@ class TrainingConfig:
     mi_estimator: str
     latent_dim: int
     width: int
+    tabular_encoder: str
     augment: bool
     views: int
     max_time: float | None

@@ -123,6 +123,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Network width. The conv encoder has channels (w, 2w, 4w) and an fc layer of 16w
         units; the tabular encoder two hidden layers of 4w; the critics 8w hidden units.
         ``width=64`` is the reference DIM network (conv 64-128-256, fc 1024).
+    tabular_encoder : {"tokens", "mlp"}, default="tokens"
+        The encoder of tabular rows. ``"tokens"``: every feature is embedded on its own into
+        ``width`` channels and is one position of the local map, so the local term contrasts
+        the code with each feature (:class:`~dimlearn.networks.TokenEncoder`); ``"mlp"``:
+        two hidden layers of ``4 * width`` units, the first of them a one-position local map
+        (dimlearn 0.2's encoder).
     feature_level : {"code", "fc", "conv"}, default="code"
         What ``transform`` returns, the DIM paper's three levels: the code mean
         (``latent_dim`` wide), the fc layer before it (16w; 4w for tabular data), or the last
@@ -317,6 +323,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "width": [Interval(Integral, 1, None, closed="left")],
+        "tabular_encoder": [StrOptions({"tokens", "mlp"})],
         "feature_level": [StrOptions({"code", "fc", "conv"})],
         "image_shape": [None, tuple, list],
         "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
@@ -355,6 +362,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         mi_estimator: str = "infonce",
         latent_dim: int = 64,
         width: int = 64,
+        tabular_encoder: str = "tokens",
         feature_level: str = "code",
         image_shape: tuple | None = None,
         image_layout: str = "auto",
@@ -389,6 +397,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.mi_estimator = mi_estimator
         self.latent_dim = latent_dim
         self.width = width
+        self.tabular_encoder = tabular_encoder
         self.feature_level = feature_level
         self.image_shape = image_shape
         self.image_layout = image_layout
@@ -528,10 +537,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "augment=True crops and flips images, but X was read as tabular rows. "
                 "Pass image_shape for flat images, or set augment=False."
             )
-        if self.delta > 0 and layout.kind != "image":
+        if self.delta > 0 and layout.kind != "image" and self.tabular_encoder == "mlp":
             raise ValueError(
-                "delta > 0 asks for local-local MI between positions of an image, but X was "
-                "read as tabular rows. Pass image_shape for flat images, or set delta=0."
+                "delta > 0 asks for local-local MI between positions of the local map, but "
+                "X was read as tabular rows and tabular_encoder='mlp' has one position. Use "
+                "tabular_encoder='tokens' (a position per feature), pass image_shape for "
+                "flat images, or set delta=0."
             )
         config = TrainingConfig.from_params(self.get_params())
         if partial:  # one epoch a call, on a stream: no schedule within it

@@ -20,6 +20,7 @@ from .networks import (
     LocalLocalCritic,
     MLPEncoder,
     PriorDiscriminator,
+    TokenEncoder,
     WholeBatch,
     fold_old_biases,
     split_pairs,
@@ -236,7 +237,8 @@ def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
     {'conv': 64, 'fc': 64, 'code': 64}
     """
     if layout.kind == "tabular":
-        encoder = MLPEncoder(layout.channels, config.latent_dim, config.width)
+        tabular = TokenEncoder if config.tabular_encoder == "tokens" else MLPEncoder
+        encoder = tabular(layout.channels, config.latent_dim, config.width)
     else:
         height, width_px = layout.height_width
         encoder = ConvEncoder(layout.channels, height, width_px, config.latent_dim, config.width)

@@ -198,6 +198,58 @@ def fold_old_biases(state: dict, module: nn.Module) -> list[str]:
     return removed
 
 
+class FeatureTokens(nn.Module):
+    """Each feature of a row embedded on its own: ``relu(x_i * w_i + b_i)`` with weights of
+    its own, ``(B, F) -> (B, width, F, 1)``: one position of the local map per feature."""
+
+    def __init__(self, n_features: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_features, width))
+        self.bias = nn.Parameter(0.1 * torch.randn(n_features, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.relu(x[:, :, None] * self.weight + self.bias)  # (B, F, width)
+        return tokens.transpose(1, 2)[..., None]
+
+
+class TokenEncoder(_Encoder):
+    """Encoder for tabular rows in which every feature is a position of the local map.
+
+    Each feature's value is embedded on its own (:class:`FeatureTokens`, ``width``
+    channels), the embeddings of all features go through one fc layer of ``4 * width``
+    units to the code. The local term then asks the code to tell apart, feature by feature,
+    its own row's value from the other rows' (local MI has F positions to contrast, as the
+    SAINT / FT-Transformer style of tokens gives it); the "conv" feature level is the
+    embeddings, flattened.
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = TokenEncoder(n_features=5, latent_dim=2, width=4)
+    >>> [tuple(t.shape) for t in enc(torch.zeros(3, 5))]
+    [(3, 4, 5, 1), (3, 2), (3, 2)]
+    """
+
+    def __init__(self, n_features: int, latent_dim: int, width: int):
+        super().__init__()
+        hidden = 4 * width
+        self.local_shape = (width, n_features, 1)
+        self.to_local = FeatureTokens(n_features, width)
+        self.to_fc = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(width * n_features, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+        )
+        self.to_code = code_head(hidden, latent_dim)
+        self.feature_dims = {"conv": width * n_features, "fc": hidden, "code": latent_dim}
+
+    def forward(self, x: torch.Tensor):
+        local_map = self.to_local(x)
+        mu, logvar = self.to_code(self.to_fc(local_map)).chunk(2, dim=1)
+        return local_map, mu, logvar
+
+
 class MLPEncoder(_Encoder):
     """Encoder for tabular rows: two hidden layers of ``4 * width`` units.
 

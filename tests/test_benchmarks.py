@@ -197,12 +197,14 @@ def test_quality_options_study_runs_every_option(tmp_path):
         "60",
     )["rows"]
     assert [row["features"] for row in rows] == [label for label, _ in quality.OPTIONS]
-    cosine = rows[
-        [label for label, _ in quality.OPTIONS].index(
-            "+ cosine LR schedule over the budget's epochs"
-        )
-    ]
-    assert cosine["epochs"] <= rows[0]["epochs"]
+
+
+@pytest.mark.slow
+def test_a_study_runs_only_the_rows_asked_for(tmp_path):
+    only = ["defaults", "two views"]
+    args = ["--study", "ideas", "--budget-minutes", "0.005", "--n-train", "120", "--n-test"]
+    rows = run_quality(tmp_path, "ideas", *args, "50", "--only", *only)["rows"]
+    assert [row["features"] for row in rows] == only
 
 
 @pytest.mark.slow
@@ -291,3 +293,40 @@ def test_mlp_probe_learns_separable_features():
     y = rng.integers(0, 3, 300)
     Z = rng.normal(size=(300, 5)) + 4 * np.eye(3, 5)[y]
     assert mlp_probe(Z[:200], y[:200], Z[200:], y[200:], epochs=20) > 0.9
+
+
+@pytest.mark.slow
+def test_tables_benchmark_compares_each_table_with_pca(tmp_path, monkeypatch):
+    from benchmarks import tables
+
+    monkeypatch.setattr(tables, "SETTINGS", {"tiny": {"max_epochs": 1, "width": 2}})
+    assert tables.main(["--out", str(tmp_path), "--name", "tiny_tables", "--seeds", "0"]) == 0
+    rows = json.loads((tmp_path / "tiny_tables.json").read_text())["rows"]
+    assert [row["features"] for row in rows[:2]] == ["PCA-3", "DIM: tiny"]  # wine: 13 -> 3
+    assert len(rows) == 8 and all(0 < row["linear"] <= 1 for row in rows)
+    assert all(row["train_s"] > 0 for row in rows if row["features"].startswith("DIM"))
+
+
+@pytest.mark.slow
+def test_time_to_quality_probes_copies_made_during_training(tmp_path, monkeypatch):
+    from benchmarks import time_to_quality
+
+    def tiny_cifar(name, n_train, n_test, seed):
+        rng = np.random.default_rng(seed)
+        X = rng.integers(0, 256, size=(n_train + n_test, 16, 16, 3), dtype=np.uint8)
+        y = np.arange(n_train + n_test) % 10
+        return X[:n_train], y[:n_train], X[n_train:], y[n_train:], []
+
+    monkeypatch.setattr(time_to_quality, "load_dataset", tiny_cifar)
+    monkeypatch.setitem(time_to_quality.PRESETS, "tiny", {"width": 2, "latent_dim": 4})
+    monkeypatch.setitem(time_to_quality.LABELS, "tiny", "tiny")
+    args = ["--preset", "tiny", "--budget-minutes", "0.05", "--every", "0.005"]
+    args += ["--n-train", "200", "--n-probe", "100", "--n-test", "50", "--out", str(tmp_path)]
+    args += ["--probe", "default"]
+    assert time_to_quality.main(args) == 0
+    payload = json.loads((tmp_path / "time_to_quality_tiny.json").read_text())
+    minutes = [row["minutes"] for row in payload["curve"]]
+    assert len(minutes) >= 2 and minutes == sorted(minutes)
+    assert payload["curve"][-1]["epochs"] == payload["epochs"]
+    assert [row["features"] for row in payload["final"]] == ["DIM code", "DIM conv", "PCA-4"]
+    assert (tmp_path / "time_to_quality.png").stat().st_size > 1000

@@ -245,12 +245,16 @@ def test_grey_images_and_explicit_channels_first(fast):
     assert dim.fit_transform(many_channels).shape == (12, 8)
 
 
-def test_tabular_rows_use_the_mlp_encoder(fast):
+@pytest.mark.parametrize("encoder", ["tokens", "mlp"])
+def test_tabular_rows_use_the_tabular_encoders(fast, encoder):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 7))
-    dim = DeepInfomaxTransformer(**fast).fit(X)
-    assert type(dim.module_.encoder).__name__ == "MLPEncoder"
+    dim = DeepInfomaxTransformer(**fast, tabular_encoder=encoder).fit(X)
+    expected = {"tokens": "TokenEncoder", "mlp": "MLPEncoder"}[encoder]
+    assert type(dim.module_.encoder).__name__ == expected
     assert dim.transform(X).shape == (50, 8)
+    positions = 7 if encoder == "tokens" else 1  # a position of the local map per feature
+    assert dim.module_.encoder.local_shape[1:] == (positions, 1)
 
 
 def test_list_input_is_accepted(digit_images, fast):
@@ -407,9 +411,11 @@ def test_fc_level_is_what_the_code_is_read_from(fitted_digits):
 
 def test_tabular_feature_levels(fast):
     X = np.random.default_rng(0).normal(size=(30, 5))
-    dim = DeepInfomaxTransformer(**fast).fit(X)
-    assert dim.set_params(feature_level="conv").transform(X).shape == (30, 16)
+    dim = DeepInfomaxTransformer(**fast).fit(X)  # tokens: width 4 per feature
+    assert dim.set_params(feature_level="conv").transform(X).shape == (30, 5 * 4)
     assert dim.set_params(feature_level="fc").transform(X).shape == (30, 16)
+    mlp = DeepInfomaxTransformer(**fast, tabular_encoder="mlp").fit(X)
+    assert mlp.set_params(feature_level="conv").transform(X).shape == (30, 16)
 
 
 def test_augmentation_trains_and_is_reproducible(fast):
@@ -450,5 +456,13 @@ def test_local_local_on_tabular_rows_is_refused(monkeypatch, fast):
     import dimlearn.estimator as estimator_module
 
     monkeypatch.setattr(estimator_module, "train_networks", lambda *a, **k: 1 / 0)
-    with pytest.raises(ValueError, match="delta > 0"):
-        DeepInfomaxTransformer(**fast, delta=1.0).fit(np.random.default_rng(0).random((20, 5)))
+    with pytest.raises(ValueError, match="delta > 0 .*tabular_encoder='tokens'"):
+        DeepInfomaxTransformer(**fast, delta=1.0, tabular_encoder="mlp").fit(
+            np.random.default_rng(0).random((20, 5))
+        )
+
+
+def test_local_local_mi_between_the_features_of_a_row(fast):
+    X = np.random.default_rng(0).random((40, 5))
+    dim = DeepInfomaxTransformer(**fast, delta=0.5).fit(X)
+    assert np.isfinite(dim.history_[:, "train_local_local"]).all()

@@ -14,7 +14,7 @@ from dimlearn.infomax import (
     trained_parts,
 )
 from dimlearn.inputs import resolve_layout
-from dimlearn.networks import ConvEncoder, MLPEncoder
+from dimlearn.networks import ConvEncoder, MLPEncoder, TokenEncoder
 
 
 def config(**params):
@@ -145,7 +145,9 @@ def test_a_fitted_model_keeps_only_the_parts_it_trained(digit_images, fast):
 def test_the_builder_follows_the_layout():
     images = build_module(config(), resolve_layout((16, 16, 3), None, "auto"))
     rows = build_module(config(), resolve_layout((10,), None, "auto"))
-    assert isinstance(images.encoder, ConvEncoder) and isinstance(rows.encoder, MLPEncoder)
+    assert isinstance(images.encoder, ConvEncoder) and isinstance(rows.encoder, TokenEncoder)
+    mlp = build_module(config(tabular_encoder="mlp"), resolve_layout((10,), None, "auto"))
+    assert isinstance(mlp.encoder, MLPEncoder)
     assert images.encoder.feature_dims["code"] == rows.encoder.feature_dims["code"] == 8
 
 

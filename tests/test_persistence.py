@@ -391,7 +391,8 @@ def test_a_file_of_dimlearn_0_2_loads_to_the_same_codes(
 ):
     X, _ = digit_images
     X = X[:120] if kind == "images" else X[:120].reshape(120, -1)
-    dim = DeepInfomaxTransformer(**fast, alpha=0.5).fit(X)
+    # 0.2's networks: the MLP encoder for table rows, one view, raw dot scores
+    dim = DeepInfomaxTransformer(**fast, alpha=0.5, **ADDED_SINCE_0_2).fit(X)
     old = _with_biases_before_batch_norm(dim.module_)
     expected = _old_codes(old, X, dim)
     path = _write_format_1(tmp_path / "old.safetensors", dim, old, include_training_state)
