@@ -108,6 +108,8 @@ IDEAS = [
     ("two views, temperature 0.1", dict(views=2, temperature=0.1)),
     ("bfloat16 autocast", dict(precision="bfloat16")),
     ("bfloat16, two views", dict(precision="bfloat16", views=2)),
+    ("bfloat16, cosine", dict(COSINE, precision="bfloat16")),
+    ("bfloat16, two views, cosine", dict(COSINE, precision="bfloat16", views=2)),
 ]
 
 COLUMNS = [

@@ -12,9 +12,11 @@ estimator's defaults, and single changes to them.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -36,6 +38,13 @@ from .common import (
 
 SETTINGS = [
     ("defaults (20 epochs)", {}),
+    ("two views", {"views": 2}),
+    ("temperature 0.1", {"temperature": 0.1}),
+    ("two views, temperature 0.1", {"views": 2, "temperature": 0.1}),
+    ("gamma=0.3", {"gamma": 0.3}),
+    ("cosine LR", {"lr_schedule": "cosine"}),
+    ("bfloat16", {"precision": "bfloat16"}),
+    ("bfloat16, two views", {"precision": "bfloat16", "views": 2}),
     ("max_epochs=3", {"max_epochs": 3}),
     ("max_epochs=8", {"max_epochs": 8}),
     ("max_epochs=60", {"max_epochs": 60}),
@@ -49,12 +58,18 @@ def scores(Z_train, y_train, Z_test, y_test) -> dict:
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     linear = probe.fit(Z_train, y_train).score(Z_test, y_test)
     _, rows = NearestNeighbors(n_neighbors=10, metric="cosine").fit(Z_train).kneighbors(Z_test)
-    return {"linear": float(linear), "p10": float((y_train[rows] == y_test[:, None]).mean())}
+    votes = np.apply_along_axis(np.bincount, 1, y_train[rows], minlength=10).argmax(axis=1)
+    return {
+        "linear": float(linear),
+        "knn10": float((votes == y_test).mean()),
+        "p10": float((y_train[rows] == y_test[:, None]).mean()),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="names of settings to run")
+    parser.add_argument("--name", default="small_images")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     X, y = load_digits(return_X_y=True)
@@ -84,7 +99,8 @@ def main(argv=None) -> int:
         print(rows[-1], flush=True)
     info = machine_info()
     markdown = (
-        "## small_images\n\nCommand: `python -m benchmarks.small_images`. "
+        f"## {args.name}\n\nCommand: `python -m benchmarks.small_images "
+        f"{' '.join(argv or sys.argv[1:])}`. "
         f"{machine_line(info)}; dimlearn {info['dimlearn']}.\n\nscikit-learn's digits, the "
         f"quickstart's split ({len(X_tr)} train / {len(X_te)} test), 64-d codes; the 8x8 "
         "images get a 4x4 local map (`dimlearn.networks.conv_plan`).\n\n"
@@ -93,13 +109,14 @@ def main(argv=None) -> int:
             [
                 ("features", "features"),
                 ("linear", "linear %", "pct"),
+                ("knn10", "kNN-10 cos %", "pct"),
                 ("p10", "P@10 cos %", "pct"),
                 ("epochs", "epochs"),
                 ("fit_s", "fit s", ".1f"),
             ],
         )
     )
-    write_results("small_images", {"machine": info, "rows": rows}, markdown, args.out)
+    write_results(args.name, {"machine": info, "rows": rows}, markdown, args.out)
     print(markdown)
     return 0
 

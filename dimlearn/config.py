@@ -8,7 +8,11 @@ the training call) reads typed, frozen attributes instead of a parameter dict by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from .devices import native_bfloat16
 
 TERM_NAMES = ("global", "local", "prior", "local_local")
 """The loss terms, in the order of their weights ``alpha, beta, gamma, delta``."""
@@ -49,7 +53,7 @@ class TrainingConfig:
     width: int
     tabular_encoder: str
     augment: bool
-    views: int
+    views: int | str
     max_time: float | None
     batch_size: int
     lr: float
@@ -65,6 +69,46 @@ class TrainingConfig:
     def from_params(cls, params: Mapping) -> TrainingConfig:
         """The config of ``DeepInfomaxTransformer.get_params()`` (other keys are ignored)."""
         return cls(**{field.name: params[field.name] for field in fields(cls)})
+
+    def resolved(self, layout, device: torch.device) -> TrainingConfig:
+        """This config for samples of ``layout`` trained on ``device``: its ``"auto"``
+        choices made, and a ``ValueError`` that names the fix for a combination that cannot
+        train (raised before any training starts)."""
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError(
+                "alpha and beta are both 0, so nothing rewards information in the code. "
+                "Set alpha > 0 (global MI) or beta > 0 (local MI)."
+            )
+        if self.temperature is not None and self.critic != "dot":
+            raise ValueError(
+                f"temperature={self.temperature} scales the cosines of dot-product critics, "
+                f"but critic={self.critic!r}. Set critic='dot', or temperature=None."
+            )
+        if self.precision == "float16" and device.type != "cuda":
+            raise ValueError(
+                f"precision='float16' needs a CUDA device; training runs on {device}. Use "
+                "precision='bfloat16' (CPUs and recent GPUs) or 'float32'."
+            )
+        if self.augment and layout.kind != "image":
+            raise ValueError(
+                "augment=True crops and flips images, but X was read as tabular rows. "
+                "Pass image_shape for flat images, or set augment=False."
+            )
+        if self.delta > 0 and layout.kind != "image" and self.tabular_encoder == "mlp":
+            raise ValueError(
+                "delta > 0 asks for local-local MI between positions of the local map, but "
+                "X was read as tabular rows and tabular_encoder='mlp' has one position. Use "
+                "tabular_encoder='tokens' (a position per feature), pass image_shape for "
+                "flat images, or set delta=0."
+            )
+        images = layout.kind == "image"
+        views = self.views
+        if views == "auto":  # measured: two views win on images, lose on table rows
+            views = 2 if images else 1
+        precision = self.precision
+        if precision == "auto":  # measured on images; tables keep float32 (tiny networks)
+            precision = "bfloat16" if images and native_bfloat16(device) else "float32"
+        return replace(self, views=views, precision=precision)
 
     @property
     def weights(self) -> dict[str, float]:

@@ -50,3 +50,15 @@ def resolve_device(device, *, strict: bool = True) -> torch.device:
 def on_device(module: nn.Module, device: torch.device) -> nn.Module:
     """The module itself on the CPU (where fitted modules live), a copy on another device."""
     return module if device.type == "cpu" else copy.deepcopy(module).to(device)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA device that supports it, or a
+    CPU with AVX512-BF16 or AMX instructions (where bfloat16 convolutions and matrix products
+    run about twice as fast as float32; elsewhere they are emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)

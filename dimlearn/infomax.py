@@ -251,7 +251,7 @@ def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
         mi_estimator=config.mi_estimator,
         prior=config.prior,
         local_local=config.delta > 0,
-        views=config.views,
+        views=config.views if isinstance(config.views, int) else 1,  # "auto": not training
         temperature=config.temperature,
     )
 

@@ -8,9 +8,12 @@ from sklearn.datasets import load_digits
 @pytest.fixture(scope="session")
 def fast():
     """The fast settings of most tests: a tiny network (width 4, 8-d codes), 2 epochs,
-    seeded. A fresh dict each time: ``DeepInfomaxTransformer(**fast, ...)``,
+    seeded, in float32 (``precision="auto"`` would pick bfloat16 on some CPUs only, and the
+    tolerances below are float32's). ``DeepInfomaxTransformer(**fast, ...)``,
     ``dict(fast, max_epochs=3)``."""
-    return MappingProxyType(dict(max_epochs=2, width=4, latent_dim=8, random_state=0))
+    return MappingProxyType(
+        dict(max_epochs=2, width=4, latent_dim=8, random_state=0, precision="float32")
+    )
 
 
 @pytest.fixture(scope="session")

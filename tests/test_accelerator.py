@@ -12,7 +12,7 @@ from dimlearn import DeepInfomaxTransformer
 
 def test_bfloat16_autocast_trains_with_finite_losses(digit_images, fast):
     X, _ = digit_images
-    dim = DeepInfomaxTransformer(**dict(fast, device="cpu"), precision="bfloat16").fit(X[:128])
+    dim = DeepInfomaxTransformer(**dict(fast, device="cpu", precision="bfloat16")).fit(X[:128])
     assert np.isfinite(dim.loss_curve_).all() and dim.loss_curve_[-1] < dim.loss_curve_[0]
     codes = dim.transform(X[:10])
     assert codes.dtype == np.float32 and np.isfinite(codes).all()
@@ -23,7 +23,7 @@ def test_bfloat16_autocast_trains_with_finite_losses(digit_images, fast):
 def test_float16_without_cuda_is_refused_before_training(digit_images, fast):
     X, _ = digit_images
     with pytest.raises(ValueError, match="float16' needs a CUDA device"):
-        DeepInfomaxTransformer(**dict(fast, device="cpu"), precision="float16").fit(X[:64])
+        DeepInfomaxTransformer(**dict(fast, device="cpu", precision="float16")).fit(X[:64])
 
 
 def test_a_resident_training_set_gives_the_same_model_bit_for_bit(digit_images, fast):

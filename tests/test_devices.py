@@ -33,3 +33,14 @@ def test_a_missing_gpu_is_an_error_in_fit_and_a_warning_elsewhere():
 def test_the_cpu_copy_of_a_module_is_the_module_itself():
     module = torch.nn.Linear(2, 2)
     assert on_device(module, torch.device("cpu")) is module
+
+
+def test_native_bfloat16_follows_the_cpu_s_instructions(monkeypatch):
+    from dimlearn.devices import native_bfloat16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not native_bfloat16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bfloat16(torch.device("cpu"))
+    assert not native_bfloat16(torch.device("meta"))

@@ -14,7 +14,8 @@ from dimlearn.estimator import SCORE_BATCH
 @pytest.fixture(scope="module")
 def trained_and_global_only(digit_images):
     X, _ = digit_images
-    common = dict(max_epochs=5, width=8, latent_dim=16, random_state=0)
+    # one view: score reads a code against its own image's map, what one view trains
+    common = dict(max_epochs=5, width=8, latent_dim=16, random_state=0, views=1)
     trained = DeepInfomaxTransformer(**common).fit(X[:1200])
     global_only = DeepInfomaxTransformer(**common, alpha=1.0, beta=0.0).fit(X[:1200])
     return trained, global_only, X[1300:]
