@@ -38,14 +38,12 @@ from .common import (
 
 SETTINGS = [
     ("defaults (20 epochs)", {}),
-    ("two views", {"views": 2}),
+    ("0.2 defaults: one view, float32", {"views": 1, "precision": "float32"}),
+    ("one view", {"views": 1}),
+    ("float32", {"precision": "float32"}),
     ("temperature 0.1", {"temperature": 0.1}),
-    ("two views, temperature 0.1", {"views": 2, "temperature": 0.1}),
     ("gamma=0.3", {"gamma": 0.3}),
     ("cosine LR", {"lr_schedule": "cosine"}),
-    ("bfloat16", {"precision": "bfloat16"}),
-    ("bfloat16, two views", {"precision": "bfloat16", "views": 2}),
-    ("max_epochs=3", {"max_epochs": 3}),
     ("max_epochs=8", {"max_epochs": 8}),
     ("max_epochs=60", {"max_epochs": 60}),
     ("lr=3e-4", {"lr": 3e-4}),
