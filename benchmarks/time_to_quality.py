@@ -49,6 +49,7 @@ OLD_DEFAULTS = dict(
     critic="dot",
     mi_estimator="infonce",
     views=1,
+    precision="float32",
     temperature=None,
     lr_schedule="constant",
     augment=False,
