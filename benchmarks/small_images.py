@@ -96,9 +96,9 @@ def main(argv=None) -> int:
         rows.append({**row, **scores(dim.transform(X_tr), y_tr, dim.transform(X_te), y_te)})
         print(rows[-1], flush=True)
     info = machine_info()
+    command = f"python -m benchmarks.small_images {' '.join(argv or sys.argv[1:])}".strip()
     markdown = (
-        f"## {args.name}\n\nCommand: `python -m benchmarks.small_images "
-        f"{' '.join(argv or sys.argv[1:])}`. "
+        f"## {args.name}\n\nCommand: `{command}`. "
         f"{machine_line(info)}; dimlearn {info['dimlearn']}.\n\nscikit-learn's digits, the "
         f"quickstart's split ({len(X_tr)} train / {len(X_te)} test), 64-d codes; the 8x8 "
         "images get a 4x4 local map (`dimlearn.networks.conv_plan`).\n\n"
