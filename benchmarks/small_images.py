@@ -12,6 +12,7 @@ estimator's defaults, and single changes to them.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
         rows.append({**row, **scores(dim.transform(X_tr), y_tr, dim.transform(X_te), y_te)})
         print(rows[-1], flush=True)
     info = machine_info()
-    command = f"python -m benchmarks.small_images {' '.join(argv or sys.argv[1:])}".strip()
+    command = f"python -m benchmarks.small_images {shlex.join(argv or sys.argv[1:])}".strip()
     markdown = (
         f"## {args.name}\n\nCommand: `{command}`. "
         f"{machine_line(info)}; dimlearn {info['dimlearn']}.\n\nscikit-learn's digits, the "

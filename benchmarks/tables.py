@@ -16,6 +16,7 @@ table).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     seeds = tuple(args.seeds)
     rows = [row for name, X, y in tables() for row in evaluate(name, X, y, settings, seeds)]
     wall = time.perf_counter() - start
-    command = f"python -m benchmarks.tables {' '.join(argv or sys.argv[1:])}".strip()
+    command = f"python -m benchmarks.tables {shlex.join(argv or sys.argv[1:])}".strip()
     markdown = (
         f"## Tables: DIM codes against PCA of the same size\n\n3 stratified folds for each "
         f"of the seeds {', '.join(map(str, seeds))} (fold split and DIM's random_state), "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
         return 0
     info = machine_info()
     payload["machine"] = info
-    command = f"python -m benchmarks.time_to_quality {' '.join(argv or sys.argv[1:])}"
+    command = f"python -m benchmarks.time_to_quality {shlex.join(argv or sys.argv[1:])}"
     markdown = (
         f"## Time to quality: {payload['label']}\n\nCIFAR-10, DIM fitted on "
         f"{payload['n_train']} training images for {args.budget_minutes:g} min "
