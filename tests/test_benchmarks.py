@@ -330,3 +330,18 @@ def test_time_to_quality_probes_copies_made_during_training(tmp_path, monkeypatc
     assert payload["curve"][-1]["epochs"] == payload["epochs"]
     assert [row["features"] for row in payload["final"]] == ["DIM code", "DIM conv", "PCA-4"]
     assert (tmp_path / "time_to_quality.png").stat().st_size > 1000
+
+
+def test_step_profile_times_each_setting_and_splits_the_cpu_time(tmp_path):
+    from benchmarks import step_profile
+
+    args = ["--steps", "1", "--width", "2", "--batch-size", "8", "--out", str(tmp_path)]
+    assert step_profile.main(args) == 0
+    rows = json.loads((tmp_path / "step_profile.json").read_text())["rows"]
+    assert [row["setting"] for row in rows] == [label for label, _ in step_profile.SETTINGS]
+    for row in rows:
+        shares = [value for key, value in row.items() if key.startswith("share_")]
+        assert row["ms_per_step"] > 0 and sum(shares) == pytest.approx(1.0)
+        assert row["share_convolution"] > 0
+    assert step_profile.kind_of("aten::convolution_backward") == "convolution"
+    assert step_profile.kind_of("aten::addmm") == "matrix products"

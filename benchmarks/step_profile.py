@@ -1,0 +1,144 @@
+"""Where a training step's time goes: milliseconds per step of the default networks on
+32x32x3 images at batch 128, per precision, memory format and number of views, and the
+share of the step's CPU time each kind of operator takes (``torch.profiler``).
+
+    python -m benchmarks.step_profile                 # about a minute on 2 cores
+    python -m benchmarks.step_profile --steps 2 --width 8 --batch-size 16   # a smoke run
+
+The step is the estimator's (its module, loss, Adam and two-view drawing) in a plain loop,
+so what is measured is the arithmetic, not the wrapper (``benchmarks.speed`` measures that).
+Synthetic uint8 images: the speed does not depend on the content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dimlearn import DeepInfomaxTransformer
+from dimlearn.config import TrainingConfig
+from dimlearn.devices import native_bfloat16
+from dimlearn.infomax import build_module
+from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
+from dimlearn.objectives import DeepInfomaxLoss
+from dimlearn.views import two_views
+
+from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, write_results
+from .speed import synthetic_images
+
+SETTINGS = [
+    ("float32, one view", dict(precision="float32", views=1)),
+    ("float32, one view, channels-last", dict(precision="float32", views=1, channels_last=True)),
+    ("bfloat16, one view", dict(precision="bfloat16", views=1)),
+    ("float32, two views", dict(precision="float32", views=2)),
+    ("bfloat16, two views", dict(precision="bfloat16", views=2)),
+]
+
+KINDS = (  # the first pattern an operator's name contains decides its kind
+    ("convolution", ("conv",)),
+    ("matrix products", ("addmm", "mm", "matmul", "linear")),
+    ("batch norm", ("batch_norm",)),
+    ("optimizer", ("adam", "_foreach", "lerp")),
+)
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    for kind, patterns in KINDS:
+        if any(pattern in lowered for pattern in patterns):
+            return kind
+    return "other"
+
+
+def one_setting(X, *, width, params, steps, seed=0) -> dict:
+    channels_last = params.pop("channels_last", False)
+    spec = DeepInfomaxTransformer(width=width, **params)
+    layout = resolve_layout(X.shape[1:], None, "auto")
+    config = TrainingConfig.from_params(spec.get_params()).resolved(layout, torch.device("cpu"))
+    batch = ArrayBatches(X, layout, *channel_stats(X, layout)).take(slice(None))
+    torch.manual_seed(seed)
+    module = build_module(config, layout).train()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    loss_fn = DeepInfomaxLoss(config.weights)
+    optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    dtype = torch.bfloat16 if config.precision == "bfloat16" else None
+
+    def step():
+        x = two_views(batch, "image", generator) if config.views == 2 else batch
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(module(x, loss_fn.active_terms))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    for _ in range(2):  # warm-up: oneDNN picks its kernels on the first calls
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+    shares = dict.fromkeys([kind for kind, _ in KINDS] + ["other"], 0.0)
+    for event in prof.key_averages():
+        shares[kind_of(event.key)] += event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    ms = 1000 * statistics.median(times)
+    return {
+        "ms_per_step": ms,
+        "images_per_s": len(X) / (ms / 1000),
+        **{f"share_{kind}": value / total for kind, value in shares.items()},
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per setting")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--name", default="step_profile")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    X = synthetic_images(args.batch_size)
+    rows = []
+    for label, params in SETTINGS:
+        row = one_setting(X, width=args.width, params=dict(params), steps=args.steps)
+        rows.append({"setting": label, **row})
+        print(f"  {label}: {row['ms_per_step']:.0f} ms per step", flush=True)
+    info = machine_info()
+    native = native_bfloat16(torch.device("cpu"))
+    command = f"python -m benchmarks.step_profile {shlex.join(argv or sys.argv[1:])}".strip()
+    columns = [
+        ("setting", "setting"),
+        ("ms_per_step", "ms per step", ".0f"),
+        ("images_per_s", "images/s", ".0f"),
+    ]
+    columns += [(f"share_{kind}", f"{kind} %", "pct") for kind, _ in KINDS]
+    columns.append(("share_other", "other %", "pct"))
+    markdown = (
+        f"## {args.name}\n\nOne training step of the default networks (width {args.width}) "
+        f"on {args.batch_size} images of 32x32x3, median of {args.steps} steps after 2 "
+        "warm-up steps; the shares are of the step's CPU time in 2 profiled steps, by "
+        f"operator kind. This CPU computes bfloat16 natively: {native}. "
+        f"Machine: {machine_line(info)}.\nCommand: `{command}`\n\n" + markdown_table(rows, columns)
+    )
+    write_results(
+        args.name, {"machine": info, "native_bfloat16": native, "rows": rows}, markdown, args.out
+    )
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
