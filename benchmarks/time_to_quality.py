@@ -167,9 +167,9 @@ def draw(results_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [
-        json.loads(path.read_text()) for path in sorted(results_dir.glob("time_to_quality_*.json"))
-    ]
+    runs = [json.loads(path.read_text()) for path in results_dir.glob("time_to_quality_*.json")]
+    order = list(PRESETS)  # the presets in their table's order, any others after them
+    runs.sort(key=lambda run: order.index(run["preset"]) if run["preset"] in order else 99)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     panels = (("linear", "linear probe"), ("knn10_cos", "kNN-10 (cosine)"))
     for ax, (key, title) in zip(axes, panels, strict=True):
@@ -184,7 +184,7 @@ def draw(results_dir: Path) -> Path:
         ax.set_ylabel("test accuracy, %")
         ax.set_xlim(0, max(run["budget_minutes"] for run in runs) + 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="center right", fontsize=8)
     fig.tight_layout()
     out = results_dir / "time_to_quality.png"
     fig.savefig(out, dpi=100)
