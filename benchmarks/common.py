@@ -6,6 +6,8 @@ import copy
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -103,6 +105,21 @@ def machine_line(info: dict) -> str:
     )
 
 
+def command_line(module: str, argv=None) -> str:
+    """The shell command that ran ``module`` with ``argv`` (default: this process's own
+    arguments), quoted so that it can be pasted back."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"python -m {module} {shlex.join(args)}".strip()
+
+
+def knn_vote_accuracy(y_train, neighbours, y_test) -> float:
+    """The share of test samples whose neighbours' majority class is their own class
+    (ties go to the smaller class label)."""
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    votes = np.apply_along_axis(np.bincount, 1, y_train[neighbours], minlength=n_classes)
+    return float((votes.argmax(axis=1) == y_test).mean())
+
+
 def probe_scores(Z_train, y_train, Z_test, y_test, *, mlp: bool = False, device="cpu") -> dict:
     """Linear probe, kNN-10 (cosine) and precision@k of frozen features.
 
@@ -115,7 +132,6 @@ def probe_scores(Z_train, y_train, Z_test, y_test, *, mlp: bool = False, device=
     Z_test = np.asarray(Z_test, dtype=np.float32).reshape(len(Z_test), -1)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     scores = {"linear": probe.fit(Z_train, y_train).score(Z_test, y_test)}
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
     for metric, short in (("cosine", "cos"), ("euclidean", "euc")):
         index = NearestNeighbors(n_neighbors=10, metric=metric).fit(Z_train)
         _, neighbours = index.kneighbors(Z_test)
@@ -123,8 +139,7 @@ def probe_scores(Z_train, y_train, Z_test, y_test, *, mlp: bool = False, device=
         scores[f"p@1_{short}"] = float(same[:, 0].mean())
         scores[f"p@10_{short}"] = float(same.mean())
         if metric == "cosine":
-            votes = np.apply_along_axis(np.bincount, 1, y_train[neighbours], minlength=n_classes)
-            scores["knn10_cos"] = float((votes.argmax(axis=1) == y_test).mean())
+            scores["knn10_cos"] = knn_vote_accuracy(y_train, neighbours, y_test)
     if mlp:
         scores["mlp"] = mlp_probe(Z_train, y_train, Z_test, y_test, device=device)
     return scores

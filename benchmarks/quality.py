@@ -18,7 +18,6 @@ Writes ``benchmarks/results/<name>.json``, ``.md`` and, for baselines, ``<name>_
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from .common import (
     RESULTS_DIR,
     DatasetMissing,
     Stopwatch,
+    command_line,
     load_dataset,
     machine_info,
     machine_line,
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
         f"(probes fit on {payload['n_probe']} of the train images), "
         f"seed {args.seed}, DIM training budget {args.budget_minutes:g} min per model, "
         f"whole run {wall / 60:.1f} min. Machine: {machine_line(info)}.\n"
-        f"Command: `python -m benchmarks.quality {shlex.join(argv or sys.argv[1:])}`\n\n"
+        f"Command: `{command_line('benchmarks.quality', argv)}`\n\n"
     )
     columns = (
         COLUMNS[:4] + [("mlp", "MLP probe %", "pct")] + COLUMNS[4:] if PROBE["mlp"] else COLUMNS

@@ -12,12 +12,9 @@ estimator's defaults, and single changes to them.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -30,6 +27,8 @@ from dimlearn import DeepInfomaxTransformer
 
 from .common import (
     RESULTS_DIR,
+    command_line,
+    knn_vote_accuracy,
     machine_info,
     machine_line,
     markdown_table,
@@ -57,10 +56,9 @@ def scores(Z_train, y_train, Z_test, y_test) -> dict:
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     linear = probe.fit(Z_train, y_train).score(Z_test, y_test)
     _, rows = NearestNeighbors(n_neighbors=10, metric="cosine").fit(Z_train).kneighbors(Z_test)
-    votes = np.apply_along_axis(np.bincount, 1, y_train[rows], minlength=10).argmax(axis=1)
     return {
         "linear": float(linear),
-        "knn10": float((votes == y_test).mean()),
+        "knn10": knn_vote_accuracy(y_train, rows, y_test),
         "p10": float((y_train[rows] == y_test[:, None]).mean()),
     }
 
@@ -97,7 +95,7 @@ def main(argv=None) -> int:
         rows.append({**row, **scores(dim.transform(X_tr), y_tr, dim.transform(X_te), y_te)})
         print(rows[-1], flush=True)
     info = machine_info()
-    command = f"python -m benchmarks.small_images {shlex.join(argv or sys.argv[1:])}".strip()
+    command = command_line("benchmarks.small_images", argv)
     markdown = (
         f"## {args.name}\n\nCommand: `{command}`. "
         f"{machine_line(info)}; dimlearn {info['dimlearn']}.\n\nscikit-learn's digits, the "

@@ -13,9 +13,7 @@ Synthetic uint8 images: the speed does not depend on the content.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,14 @@ from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
 from dimlearn.objectives import DeepInfomaxLoss
 from dimlearn.views import two_views
 
-from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, write_results
+from .common import (
+    RESULTS_DIR,
+    command_line,
+    machine_info,
+    machine_line,
+    markdown_table,
+    write_results,
+)
 from .speed import synthetic_images
 
 WARM_UP = 5
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
         print(f"  {label}: {row['ms_per_step']:.0f} ms per step", flush=True)
     info = machine_info()
     native = native_bfloat16(torch.device("cpu"))
-    command = f"python -m benchmarks.step_profile {shlex.join(argv or sys.argv[1:])}".strip()
+    command = command_line("benchmarks.step_profile", argv)
     columns = [
         ("setting", "setting"),
         ("ms_per_step", "ms per step", ".0f"),

@@ -16,8 +16,6 @@ table).
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,14 @@ from sklearn.preprocessing import StandardScaler
 
 from dimlearn import DeepInfomaxTransformer
 
-from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, probe_scores
+from .common import (
+    RESULTS_DIR,
+    command_line,
+    machine_info,
+    machine_line,
+    markdown_table,
+    probe_scores,
+)
 from .common import write_results as write
 
 SETTINGS = {
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
     seeds = tuple(args.seeds)
     rows = [row for name, X, y in tables() for row in evaluate(name, X, y, settings, seeds)]
     wall = time.perf_counter() - start
-    command = f"python -m benchmarks.tables {shlex.join(argv or sys.argv[1:])}".strip()
+    command = command_line("benchmarks.tables", argv)
     markdown = (
         f"## Tables: DIM codes against PCA of the same size\n\n3 stratified folds for each "
         f"of the seeds {', '.join(map(str, seeds))} (fold split and DIM's random_state), "

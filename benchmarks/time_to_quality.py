@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from .common import (
     RESULTS_DIR,
     DatasetMissing,
     Stopwatch,
+    command_line,
     load_dataset,
     machine_info,
     machine_line,
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         return 0
     info = machine_info()
     payload["machine"] = info
-    command = f"python -m benchmarks.time_to_quality {shlex.join(argv or sys.argv[1:])}"
+    command = command_line("benchmarks.time_to_quality", argv)
     markdown = (
         f"## Time to quality: {payload['label']}\n\nCIFAR-10, DIM fitted on "
         f"{payload['n_train']} training images for {args.budget_minutes:g} min "

@@ -345,3 +345,11 @@ def test_step_profile_times_each_setting_and_splits_the_cpu_time(tmp_path):
         assert row["share_convolution"] > 0
     assert step_profile.kind_of("aten::convolution_backward") == "convolution"
     assert step_profile.kind_of("aten::addmm") == "matrix products"
+
+
+def test_results_record_a_command_that_pastes_back():
+    from benchmarks.common import command_line
+
+    line = command_line("benchmarks.tables", ["--only", "MLP encoder (0.2)", "--seeds", "0"])
+    assert line == "python -m benchmarks.tables --only 'MLP encoder (0.2)' --seeds 0"
+    assert command_line("benchmarks.small_images", []) == "python -m benchmarks.small_images"
