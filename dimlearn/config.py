@@ -105,6 +105,13 @@ class TrainingConfig:
         views = self.views
         if views == "auto":  # measured: two views win on images, lose on table rows
             views = 2 if images else 1
+        if self.augment and views == 2:
+            raise ValueError(
+                "augment=True crops and flips the one view of views=1, but training would "
+                f"use two views (views={self.views!r}), each already augmented (crop, flip, "
+                "colour jitter, greyscale), so augment would change nothing. Set views=1 "
+                "to train one augmented view, or augment=False."
+            )
         precision = self.precision
         if precision == "auto":  # measured on images; tables keep float32 (tiny networks)
             precision = "bfloat16" if images and native_bfloat16(device) else "float32"

@@ -39,15 +39,19 @@ def _upgrade_0_2_pickle(state: dict) -> None:
     """Turn a dimlearn 0.2 pickle's state into this version's, in place: its networks
     rebuilt without the biases before BatchNorm layers (folded into the running means, the
     same codes up to rounding), their Adam moments dropped."""
-    for name, value in ADDED_SINCE_0_2.items():
-        state.setdefault(name, value)
     module, folded = module_from_state(
         TrainingConfig.from_params(state), state["layout_"], state["module_"].state_dict()
     )
     state["module_"] = module
+    state.update(views_=1, precision_=state["precision"], device_=None)  # 0.2 had no "auto"
     moments = state.get("_optimizer_state")
     if moments is not None:
         state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
+
+
+_SKLEARN_STATE = frozenset({"_sklearn_version", "_sklearn_output_config"})
+"""What scikit-learn keeps in an estimator's ``__dict__`` besides the parameters (its
+version, written by ``BaseEstimator.__getstate__``; ``set_output``'s choice)."""
 
 
 SCORE_BATCH = 128
@@ -543,8 +547,14 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                     f"Found array with {len(X)} sample(s); training needs at least 2 "
                     "(a batch of one has no negatives)."
                 )
-        # "auto" choices made and impossible combinations refused, before any training
-        config = TrainingConfig.from_params(self.get_params()).resolved(layout, device)
+        # "auto" choices made (a continued model keeps its own) and impossible
+        # combinations refused, before any training
+        params = self.get_params()
+        for name, value in (previous.chosen if previous is not None else {}).items():
+            if name != "device" and params[name] == "auto" and value is not None:
+                params[name] = value
+        config = TrainingConfig.from_params(params).resolved(layout, device)
+        chosen = {"precision": config.precision, "views": config.views, "device": str(device)}
         if partial:  # one epoch a call, on a stream: no schedule within it
             config = dataclasses.replace(config, lr_schedule="constant")
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -565,8 +575,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             fitted=previous,
             ranks=ranks,
         )
+        for entry in run.history:  # what this call's epochs ran with
+            entry.update(chosen)
         if previous is not None:
-            return previous.continued_by(run.module, run.optimizer_state, run.history)
+            return previous.continued_by(run.module, run.optimizer_state, run.history, **chosen)
         return FittedState(
             module=run.module,
             history=run.history,
@@ -579,6 +591,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             n_features_in=self.n_features_in_,
             feature_names_in=getattr(self, "feature_names_in_", None),
             optimizer_state=run.optimizer_state,
+            **chosen,
         )
 
     def _training_rng(self, previous: FittedState | None) -> np.random.RandomState:
@@ -692,21 +705,64 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return state
 
     def __setstate__(self, state):
+        """Rebuild from :meth:`__getstate__`'s state, or from a pickle of dimlearn 0.2.
+
+        A pickle or a skops file may come from anyone, so the state is read as untrusted:
+        only the estimator's parameters, the fitted state (``_fitted``, rebuilt and
+        checked field by field by :meth:`dimlearn.fitted.FittedState.from_plain`) and
+        scikit-learn's own bookkeeping are accepted, the parameters are validated, and
+        anything else (a key that would replace a method, say) is refused with a
+        ``ValueError`` before the estimator changes.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"A pickled {type(self).__name__} holds a dict, not a {type(state)}")
         state = dict(state)
         version = state.pop("_pickle_format", None)
         plain = state.pop("_fitted", None)
-        if version is None and "module_" in state:  # pickled by dimlearn 0.2
-            _upgrade_0_2_pickle(state)
-        elif version is not None and version > _PICKLE_FORMAT:
+        allowed = set(self._get_param_names()) | _SKLEARN_STATE
+        if version is None:  # dimlearn 0.2 pickled its __dict__: parameters, fitted objects
+            for name, value in ADDED_SINCE_0_2.items():
+                state.setdefault(name, value)
+            allowed |= {fitted.ATTRIBUTES[f] for f in fitted.ATTRIBUTES if f not in fitted.RESOLVED}
+        elif not isinstance(version, int) or version > _PICKLE_FORMAT:
             raise ValueError(
                 f"This DeepInfomaxTransformer was pickled by a newer dimlearn (pickle format "
-                f"{version}; this dimlearn reads up to {_PICKLE_FORMAT}). Upgrade dimlearn "
+                f"{version!r}; this dimlearn reads up to {_PICKLE_FORMAT}). Upgrade dimlearn "
                 "to unpickle it, or save models with dimlearn.save to share them."
             )
+        unknown = sorted(map(repr, set(state) - allowed))
+        missing = sorted(set(self._get_param_names()) - set(state))
+        if unknown or missing:
+            problem = f"unknown attributes {', '.join(unknown)}" if unknown else ""
+            problem += ("; " if unknown and missing else "") + (
+                f"no value for the parameters {missing}" if missing else ""
+            )
+            raise ValueError(
+                f"This pickled {type(self).__name__} is not one that dimlearn wrote: "
+                f"{problem}. Refit the model, or share it as a dimlearn.save model file."
+            )
+        output_config = state.get("_sklearn_output_config", {})
+        if not (
+            isinstance(output_config, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in output_config.items())
+        ):
+            raise ValueError(f"This pickled {type(self).__name__} has a malformed output config")
+        if version is None and "module_" in state:
+            _upgrade_0_2_pickle(state)
+        probe = type(self)(**{name: state[name] for name in self._get_param_names()})
+        probe._validate_params()  # sklearn's InvalidParameterError is a ValueError
+        config = TrainingConfig.from_params(probe.get_params())
+        try:
+            rebuilt = None if plain is None else FittedState.from_plain(plain, config)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            problem = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+            raise ValueError(
+                f"This pickled {type(self).__name__}'s fitted state makes no sense ({problem}); "
+                "it was edited or damaged. Refit, or share models as dimlearn.save files."
+            ) from None
         super().__setstate__(state)
-        if plain is not None:
-            config = TrainingConfig.from_params(self.get_params())
-            FittedState.from_plain(plain, config).write_to(self)
+        if rebuilt is not None:
+            rebuilt.write_to(self)
 
     @property
     def _n_features_out(self) -> int:

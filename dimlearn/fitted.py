@@ -10,6 +10,7 @@ files (:mod:`dimlearn.persistence`) and pickles store it as plain values and num
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -34,8 +35,14 @@ ATTRIBUTES = {
     "feature_names_in": "feature_names_in_",
     "optimizer_state": "_optimizer_state",
     "random_state": "random_state_",
+    "precision": "precision_",
+    "views": "views_",
+    "device": "device_",
 }
 """Each field of :class:`FittedState` and the estimator attribute that holds it."""
+
+RESOLVED = ("precision", "views", "device")
+"""The fields that record what a training call resolved its ``"auto"`` settings to."""
 
 CACHES = ("_device_copy",)
 """Attributes the estimator derives from its fitted state (never stored)."""
@@ -46,7 +53,9 @@ class FittedState:
     """What a fitted :class:`~dimlearn.DeepInfomaxTransformer` holds (its ``*_``
     attributes, see its docstring), and what continued training needs on top: Adam's
     moments by weight name and the RNG stream each training call draws its seed from.
-    Those two are None for a model loaded without its training state.
+    Those two are None for a model loaded without its training state. ``precision``,
+    ``views`` and ``device`` are what the last training call resolved its ``"auto"``
+    settings to (None where a file or pickle of an older dimlearn does not say).
     """
 
     module: nn.Module
@@ -61,6 +70,9 @@ class FittedState:
     feature_names_in: np.ndarray | None = None
     optimizer_state: dict | None = None
     random_state: np.random.RandomState | None = None
+    precision: str | None = None
+    views: int | None = None
+    device: str | None = None
 
     # -- on the estimator --------------------------------------------------------------
 
@@ -70,20 +82,27 @@ class FittedState:
         return cls(**{field: getattr(estimator, name, None) for field, name in ATTRIBUTES.items()})
 
     def write_to(self, estimator) -> None:
-        """Set the estimator's fitted attributes (those that are None are removed)."""
+        """Set the estimator's fitted attributes (those that are None are removed, but for
+        the resolved settings, which are None where unknown)."""
         clear(estimator)
         for field, name in ATTRIBUTES.items():
             value = getattr(self, field)
-            if value is not None:
+            if value is not None or field in RESOLVED:
                 setattr(estimator, name, value)
 
     @property
     def has_training_state(self) -> bool:
         return self.optimizer_state is not None and self.random_state is not None
 
-    def continued_by(self, module, optimizer_state, history: History) -> FittedState:
+    @property
+    def chosen(self) -> dict:
+        """What the last training call resolved ``precision``, ``views`` and ``device`` to."""
+        return {field: getattr(self, field) for field in RESOLVED}
+
+    def continued_by(self, module, optimizer_state, history: History, **chosen) -> FittedState:
         """This state after a training call that continued it: its history, loss curve
-        and epoch count run on."""
+        and epoch count run on; ``chosen`` (``precision``, ``views``, ``device``) are that
+        call's resolved settings."""
         joined = History()
         for entry in [*self.history, *history]:
             entry = dict(entry)
@@ -92,7 +111,7 @@ class FittedState:
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         state.update(module=module, optimizer_state=optimizer_state, history=joined)
         state.update(loss_curve=self.loss_curve + loss_curve(history))
-        state.update(n_iter=self.n_iter + len(history))
+        state.update(n_iter=self.n_iter + len(history), **chosen)
         return FittedState(**state)
 
     # -- as plain data -----------------------------------------------------------------
@@ -115,6 +134,9 @@ class FittedState:
         }
         if self.feature_names_in is not None:
             fitted["feature_names_in_"] = [str(name) for name in self.feature_names_in]
+        for field, value in self.chosen.items():
+            if value is not None:
+                fitted[ATTRIBUTES[field]] = value
         kept = None if include_training_state else ALWAYS_KEPT
         plain = {
             "fitted": fitted,
@@ -172,6 +194,7 @@ class FittedState:
             layout=layout,
             n_features_in=n_features,
             feature_names_in=names,
+            **_chosen(fitted, config, layout),
         )
         if "optimizer" in plain:
             state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded)
@@ -249,6 +272,35 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
                 raise ValueError(f"optimiser state {name}.{key} has the wrong shape")
             state.setdefault(name, {})[key] = value
     return state
+
+
+CHOICES = {"precision": ("float32", "bfloat16", "float16"), "views": (1, 2)}
+"""The values a fitted ``precision_`` and ``views_`` may take."""
+
+
+def _chosen(fitted: dict, config: TrainingConfig, layout: Layout) -> dict:
+    """``precision``, ``views`` and ``device`` as a file or pickle records them; where it
+    does not (written by dimlearn 0.3.0 or older), what can be known from the parameters
+    (a setting that is not ``"auto"``, and ``views="auto"``, which depends on the layout
+    alone), else None."""
+    chosen = {}
+    for field, allowed in CHOICES.items():
+        value = fitted.get(ATTRIBUTES[field])
+        if value is None:
+            value = getattr(config, field)
+            if field == "views" and value == "auto":
+                value = 2 if layout.kind == "image" else 1
+            value = None if value == "auto" else value
+        if value is not None and (type(value) not in (str, int) or value not in allowed):
+            raise ValueError(f"{ATTRIBUTES[field]} is {value!r}, not one of {list(allowed)}")
+        chosen[field] = value
+    device = fitted.get("device_")
+    if device is not None and not (
+        isinstance(device, str) and re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?|mps", device)
+    ):
+        raise ValueError(f"device_ is {device!r}, not a device name such as 'cpu' or 'cuda:0'")
+    chosen["device"] = device
+    return chosen
 
 
 def _floats(raw, name: str, length: int) -> np.ndarray:

@@ -270,10 +270,15 @@ def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tu
     folded into it, :func:`~dimlearn.networks.fold_old_biases`). Returns the
     module (in eval mode) and the names of the folded biases.
 
+    The networks are first built on the ``meta`` device, where they hold shapes and dtypes
+    but no memory, and every weight's shape and dtype is compared with ``state`` before
+    anything is allocated: the module then takes ``state``'s tensors themselves. So the
+    memory a model from a file or a pickle takes is that of the tensors it holds, never
+    what its parameters (``width``, an image shape) would ask for.
+
     Raises ``ValueError`` naming the weights that do not fit the networks.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # every weight is overwritten below
+    with torch.device("meta"):
         module = build_module(config, layout)
     state = dict(state)
     present = {key.split(".")[0] for key in state}
@@ -281,10 +286,11 @@ def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tu
     folded = fold_old_biases(state, module)
     expected = module.state_dict()
     wrong = sorted(
-        f"{key} is {tuple(state[key].shape) if key in state else 'missing'}, "
-        f"{tuple(value.shape)} by the parameters"
+        f"{key} is {_described(state.get(key))}, {_described(value)} by the parameters"
         for key, value in expected.items()
-        if key not in state or state[key].shape != value.shape or state[key].dtype != value.dtype
+        if not isinstance(state.get(key), torch.Tensor)
+        or state[key].shape != value.shape
+        or state[key].dtype != value.dtype
     )
     extra = sorted(set(state) - set(expected))
     if wrong or extra:
@@ -293,5 +299,14 @@ def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tu
             f"the weights do not fit the networks the parameters describe: {shown}"
             f"{' ...' if len(wrong) + len(extra) > 3 else ''}"
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=True)  # the tensors themselves: no second copy
+    left = [name for name, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+    if left:  # every tensor comes from state; this guards the builder, not the file
+        raise ValueError(f"no weights for {left[:3]}")
     return module.eval(), folded
+
+
+def _described(tensor) -> str:
+    if not isinstance(tensor, torch.Tensor):
+        return "missing" if tensor is None else f"a {type(tensor).__name__}"
+    return f"{tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"

@@ -30,10 +30,10 @@ def test_a_resident_training_set_gives_the_same_model_bit_for_bit(digit_images, 
     X, _ = digit_images
     images = (X[:96] * 15).astype(np.uint8)
     resident = DeepInfomaxTransformer(
-        **dict(fast, device="cpu"), data_on_device=True, augment=True
+        **dict(fast, device="cpu"), data_on_device=True, augment=True, views=1
     ).fit(images)
     streamed = DeepInfomaxTransformer(
-        **dict(fast, device="cpu"), data_on_device=False, augment=True
+        **dict(fast, device="cpu"), data_on_device=False, augment=True, views=1
     ).fit(images)
     np.testing.assert_array_equal(resident.transform(images), streamed.transform(images))
     assert resident.loss_curve_ == streamed.loss_curve_
@@ -92,7 +92,7 @@ def test_training_draws_only_from_generators_it_owns(digit_images, fast):
     # its state would have moved
     X, _ = digit_images
     params = dict(
-        dict(fast, device="cpu"), augment=True, negatives="shuffle", prior="adversarial", alpha=0.5
+        dict(fast, device="cpu"), augment=True, views=1, negatives="shuffle", prior="adversarial", alpha=0.5
     )
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -105,14 +105,14 @@ def test_fits_in_threads_give_the_sequential_results(digit_images, fast):
 
     X, _ = digit_images
     expected = (
-        DeepInfomaxTransformer(**dict(fast, device="cpu"), augment=True)
+        DeepInfomaxTransformer(**dict(fast, device="cpu"), augment=True, views=1)
         .fit(X[:96])
         .transform(X[:10])
     )
     results = [None, None]
 
     def fit(slot):
-        dim = DeepInfomaxTransformer(**dict(fast, device="cpu"), augment=True).fit(X[:96])
+        dim = DeepInfomaxTransformer(**dict(fast, device="cpu"), augment=True, views=1).fit(X[:96])
         results[slot] = dim.transform(X[:10])
 
     threads = [threading.Thread(target=fit, args=(i,)) for i in range(2)]

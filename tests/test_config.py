@@ -51,6 +51,8 @@ def test_auto_precision_is_bfloat16_only_where_the_device_computes_it(monkeypatc
         ({"temperature": 0.1, "critic": "concat"}, (8, 8), "critic='dot'"),
         ({"precision": "float16"}, (8, 8), "needs a CUDA device"),
         ({"augment": True}, (5,), "crops and flips images"),
+        ({"augment": True}, (8, 8), "Set views=1 to train one augmented view"),
+        ({"augment": True, "views": 2}, (8, 8), "Set views=1 to train one augmented view"),
         ({"delta": 0.5, "tabular_encoder": "mlp"}, (5,), "one position"),
     ],
 )
