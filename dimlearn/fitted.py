@@ -304,6 +304,8 @@ def _chosen(fitted: dict, config: TrainingConfig, layout: Layout) -> dict:
 
 
 def _floats(raw, name: str, length: int) -> np.ndarray:
+    if isinstance(raw, list) and any(isinstance(v, bool) or v is None for v in raw):
+        raise ValueError(f"{name} must be {length} finite numbers")
     values = np.asarray(raw, dtype=np.float64)
     if values.shape != (length,) or not np.isfinite(values).all():
         raise ValueError(f"{name} must be {length} finite numbers")

@@ -5,8 +5,17 @@ A model file is one safetensors file. Its tensors are the network weights (and, 
 metadata holds one JSON document with everything else: the estimator's parameters, the
 fitted input statistics and sample layout, the training history as plain numbers, the
 versions that wrote it, a format version, and a SHA-256 over the description and the
-weights. Reading it checks that checksum before anything is built, parses JSON and copies
-raw numbers into tensors: nothing in a model file can run code.
+weights. Reading it parses JSON and reads raw numbers into tensors: nothing in a model file
+can run code.
+
+What the checksum proves: that the file is the one :func:`save` wrote, byte for byte,
+against damage (a bad disk, a cut download, a copy that changed a byte). It proves nothing
+about who wrote it: a SHA-256 is no signature, and anyone who edits a file can compute it
+anew. So a file is read as hostile input whatever its checksum says: every field of the
+description is checked for type and range, the networks are built on the ``meta`` device
+and compared, weight by weight, with the shapes and dtypes of the file's tensors before
+any memory is allocated, and the model is made of the file's own tensors, so it never takes
+more memory than the file holds.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 import sklearn
@@ -117,17 +126,32 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
         "dimlearn": description,
         "sha256": _digest(tensors, f"{FORMAT_VERSION}|{description}"),
     }
-    data = to_bytes(tensors, metadata=metadata)
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _write_whole(Path(path), to_bytes(tensors, metadata=metadata))
+    return Path(path)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of
+    ``data``, even after a crash or a power cut: written to a temporary name in the same
+    folder with the usual permissions (0o666 less the umask, as ``open`` gives), flushed
+    to the disk, renamed over ``path``, and the rename made durable."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: the folder's entry for the new file, too
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
@@ -173,6 +197,13 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
     version = int(version)
     tensors = _read_tensors(data, path)
     description = metadata.get("dimlearn")
+    if version == 1 and "sha256" in metadata:
+        # dimlearn 0.2 never wrote this field: a newer file whose label was changed, which
+        # would otherwise leave its description out of what the checksum covers
+        raise ModelFileError(
+            f"{path} is labelled model format 1 (dimlearn 0.2), but carries the checksum "
+            "of a newer format: its format label was edited. Save or copy the model again."
+        )
     if version >= 2:  # the checksum covers everything that decides what the model computes
         signed = isinstance(description, str) and metadata.get("sha256") == _digest(
             tensors, f"{version}|{description}"
@@ -197,11 +228,17 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
             f"{path}: the weights do not match the checksum written with them: the file was "
             "altered or damaged after it was saved. Save or copy the model again."
         )
+    if version == 1 and not str(_get(payload, "versions", "dimlearn")).startswith("0.2."):
+        raise ModelFileError(
+            f"{path} is labelled model format 1, which only dimlearn 0.2 wrote, but says it "
+            f"was written by dimlearn {_get(payload, 'versions', 'dimlearn')!r}: its format "
+            "label was edited. Save or copy the model again."
+        )
     try:
         estimator = _rebuild(payload, tensors, version)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as error:
         problem = f"missing field {error}" if isinstance(error, KeyError) else str(error)
         raise ModelFileError(
             f"{path}: the model description does not make sense ({problem}). It was edited or "
@@ -271,8 +308,13 @@ def _split_file(data: bytes, path: Path) -> dict:
         )
     try:
         header = json.loads(data[8 : 8 + header_len])
-        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, IndexError):
+        ends = [_tensor_end(key, entry) for key, entry in header.items() if key != "__metadata__"]
+        metadata = header.get("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(
+            isinstance(value, str) for value in metadata.values()
+        ):
+            raise TypeError("the metadata is not a mapping of strings")
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
         raise ModelFileError(
             f"{path}: the safetensors header is not valid JSON of the expected form; the file "
             "is damaged or not a dimlearn model."
@@ -284,6 +326,35 @@ def _split_file(data: bytes, path: Path) -> dict:
             "interrupted copy or download?). Copy or save it again."
         )
     return header
+
+
+def _tensor_end(name: str, entry) -> int:
+    """The end offset of one tensor's bytes, once its header entry is known to be of the
+    form safetensors writes (``TypeError`` otherwise)."""
+    offsets, shape = entry["data_offsets"], entry["shape"]
+    if not (
+        isinstance(entry["dtype"], str)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and isinstance(shape, list)
+        and all(_natural(value) for value in [*offsets, *shape])
+        and offsets[0] <= offsets[1]
+    ):
+        raise TypeError(f"the header entry of {name!r} is not of the safetensors form")
+    return offsets[1]
+
+
+def _natural(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _get(payload, *keys):
+    """``payload[k1][k2]...``, or None where a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(payload, dict):
+            return None
+        payload = payload.get(key)
+    return payload
 
 
 def _read_tensors(data: bytes, path: Path) -> dict:

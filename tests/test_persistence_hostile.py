@@ -1,0 +1,327 @@
+"""Model files, pickles and skops files prepared on purpose: a checksum anyone can compute
+anew proves nothing against them, so what is read must be checked for what it is and what it
+asks for before anything is built from it."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import dimlearn.persistence
+from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
+from dimlearn.config import TrainingConfig
+from dimlearn.infomax import build_module, kept_parts, keep_parts
+from dimlearn.inputs import Layout
+from dimlearn.persistence import _digest
+
+FORGED_BYTES = 20 * 2**30
+"""What the forged files below ask for: 20 GiB of weights."""
+
+RSS_GROWTH_LIMIT_MB = 300
+
+
+@pytest.fixture(scope="module")
+def colour_model(fast):
+    X = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3)).astype(np.uint8)
+    return DeepInfomaxTransformer(**fast).fit(X), X
+
+
+@pytest.fixture
+def model_file(colour_model, tmp_path):
+    return save(colour_model[0], tmp_path / "dim.safetensors")
+
+
+def read_file(path):
+    with safe_open(str(path), "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+
+
+def forge(path, tensors, metadata, edit):
+    """A copy of a model file with its description edited by ``edit`` and the checksum
+    computed anew, as anyone can."""
+    metadata = dict(metadata)
+    payload = json.loads(metadata["dimlearn"])
+    edit(payload)
+    metadata["dimlearn"] = json.dumps(payload)
+    metadata["sha256"] = _digest(tensors, f"{metadata['format_version']}|{metadata['dimlearn']}")
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def weight_bytes(payload) -> int:
+    """The bytes of float32 weights the networks a description asks for would take."""
+    params = payload["params"]
+    params["image_shape"] = tuple(params["image_shape"]) if params["image_shape"] else None
+    config = TrainingConfig.from_params(DeepInfomaxTransformer(**params).get_params())
+    layout = Layout.from_plain(payload["fitted"]["layout"])
+    with torch.device("meta"):
+        module = keep_parts(build_module(config, layout), kept_parts(config))
+    return 4 * sum(t.numel() for t in module.state_dict().values())
+
+
+def _wider(payload):
+    payload["params"]["width"] = 3200
+
+
+def _larger_images(payload):
+    payload["params"]["width"] = 72
+    side = 1024
+    layout = payload["fitted"]["layout"]
+    layout["sample_shape"] = layout["image_shape"] = [side, side, 3]
+    payload["fitted"]["sample_shape_"] = [side, side, 3]
+
+
+_PEAK_RSS = textwrap.dedent(
+    """
+    import json, resource, sys
+    import dimlearn
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        dimlearn.load(sys.argv[1])
+        outcome = "loaded"
+    except dimlearn.ModelFileError as error:
+        outcome = "refused: " + str(error)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"outcome": outcome, "growth_mb": (after - before) / 1024}))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.parametrize("edit", [_wider, _larger_images], ids=["width", "image size"])
+def test_a_forged_file_asking_for_20_gib_is_refused_in_little_memory(model_file, tmp_path, edit):
+    tensors, metadata = read_file(model_file)
+    forged = forge(tmp_path / "forged.safetensors", tensors, metadata, edit)
+    payload = json.loads(read_file(forged)[1]["dimlearn"])
+    assert weight_bytes(payload) >= FORGED_BYTES  # what building it first would allocate
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(forged)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["outcome"].startswith("refused: "), result
+    assert "do not fit the networks" in result["outcome"]
+    assert result["growth_mb"] < RSS_GROWTH_LIMIT_MB, result
+
+
+def test_a_model_is_made_of_the_files_own_tensors(model_file):
+    tensors, _ = read_file(model_file)
+    loaded = load(model_file)
+    for key, value in loaded.module_.state_dict().items():
+        assert torch.equal(value, tensors[f"module.{key}"]), key
+    assert not any(t.is_meta for t in loaded.module_.state_dict().values())
+
+
+# -- what the checksum covers -------------------------------------------------------------
+
+
+def test_relabelling_a_file_as_format_1_does_not_drop_the_description_from_the_check(
+    model_file, tmp_path
+):
+    tensors, metadata = read_file(model_file)
+    relabelled = tmp_path / "relabelled.safetensors"
+    payload = json.loads(metadata["dimlearn"])
+    payload["params"]["latent_dim"] = 3  # an edit the format-1 path would not see
+    payload["weights_sha256"] = _digest(tensors)
+    save_file(
+        tensors,
+        str(relabelled),
+        metadata={**metadata, "format_version": "1", "dimlearn": json.dumps(payload)},
+    )
+    with pytest.raises(ModelFileError, match="format label was edited"):
+        load(relabelled)
+    # without the newer checksum, it still says it was written by 0.3
+    stripped = {k: v for k, v in metadata.items() if k != "sha256"}
+    save_file(
+        tensors,
+        str(relabelled),
+        metadata={**stripped, "format_version": "1", "dimlearn": json.dumps(payload)},
+    )
+    with pytest.raises(ModelFileError, match="only dimlearn 0.2 wrote"):
+        load(relabelled)
+
+
+# -- the safetensors header and the description, every value of every type ---------------
+
+_ODD_VALUES = ["7", 7.5, None, True, [], {}, -1, 2**70, [1, "x"], "\u00e9" * 3]
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value[:4]):  # the first few items of long lists
+            yield from _leaves(item, (*path, i))
+    else:
+        yield path
+
+
+def _replaced(document, path, value):
+    document = json.loads(json.dumps(document))
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return document
+
+
+def _with_header(data: bytes, header: dict) -> bytes:
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[header_end:]
+
+
+def _typed_corruptions(data: bytes, rng):
+    """Copies of a model file with one value of its safetensors header, or of its
+    description (checksum made to match again), replaced by a value of another type."""
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    metadata = header["__metadata__"]
+    for path in _leaves({k: v for k, v in header.items() if k != "__metadata__"}):
+        for value in rng.choice(np.array(_ODD_VALUES, dtype=object), 3, replace=False):
+            yield f"header {path} = {value!r}", _with_header(data, _replaced(header, path, value))
+    description = json.loads(metadata["dimlearn"])
+    for path in _leaves(description):
+        for value in rng.choice(np.array(_ODD_VALUES, dtype=object), 2, replace=False):
+            text = json.dumps(_replaced(description, path, value))
+            tensors = dimlearn.persistence._read_tensors(data, "model")
+            signed = {
+                **metadata,
+                "dimlearn": text,
+                "sha256": _digest(tensors, f"{metadata['format_version']}|{text}"),
+            }
+            yield f"description {path} = {value!r}", _with_header(
+                data, {**header, "__metadata__": signed}
+            )
+
+
+def test_a_value_of_the_wrong_type_anywhere_is_refused_or_harmless(
+    colour_model, model_file, tmp_path
+):
+    dim, X = colour_model
+    expected = dim.transform(X[:8])
+    damaged = tmp_path / "typed.safetensors"
+    outcomes = {"refused": 0, "same codes": 0, "forged, works": 0}
+    for what, corrupt in _typed_corruptions(model_file.read_bytes(), np.random.default_rng(0)):
+        damaged.write_bytes(corrupt)
+        try:
+            loaded = load(damaged)
+        except ModelFileError:
+            outcomes["refused"] += 1
+            continue
+        except Exception as error:  # noqa: BLE001 (the failure this test is for)
+            raise AssertionError(f"{what}: {type(error).__name__}: {error}") from error
+        codes = loaded.transform(X[:8])
+        if what.startswith("header"):  # the checksum covers the tensors: nothing changed
+            assert np.array_equal(codes, expected), what
+            outcomes["same codes"] += 1
+        else:  # a forger's valid value: a model that works, whatever its codes
+            assert codes.shape == expected.shape and np.isfinite(codes).all(), what
+            outcomes["forged, works"] += 1
+    assert outcomes["refused"] > 300, outcomes
+
+
+def test_non_integer_data_offsets_are_a_model_file_error(model_file, tmp_path):
+    data = model_file.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    name = next(key for key in header if key != "__metadata__")
+    for offsets in (["0", "4"], [0.0, 4.0], None, [0], [True, 4]):
+        header[name]["data_offsets"] = offsets
+        (tmp_path / "m.safetensors").write_bytes(_with_header(data, header))
+        with pytest.raises(ModelFileError, match="header is not valid JSON of the expected"):
+            load(tmp_path / "m.safetensors")
+
+
+# -- how a file is written ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_saved_file_has_the_usual_permissions(colour_model, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save(colour_model[0], tmp_path / "dim.safetensors")
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
+
+
+def test_a_saved_file_is_on_the_disk_before_it_replaces_the_old_one(
+    colour_model, tmp_path, monkeypatch
+):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: events.append("replace") or real_replace(a, b)
+    )
+    save(colour_model[0], tmp_path / "dim.safetensors")
+    assert events[:2] == ["fsync", "replace"], events
+    assert load(tmp_path / "dim.safetensors").n_iter_ == colour_model[0].n_iter_
+
+
+# -- pickles and skops files ----------------------------------------------------------------
+
+
+def _unpickled(state):
+    estimator = DeepInfomaxTransformer.__new__(DeepInfomaxTransformer)
+    estimator.__setstate__(state)
+    return estimator
+
+
+@pytest.mark.parametrize("fitted", [True, False], ids=["fitted", "unfitted"])
+def test_a_pickled_state_with_an_unknown_key_is_refused(colour_model, fitted):
+    dim = colour_model[0] if fitted else DeepInfomaxTransformer()
+    for key in ("transform", "module_", "__class__", "_device_copy"):
+        state = {**dim.__getstate__(), key: "replaced"}
+        with pytest.raises(ValueError, match=f"unknown attributes '{key}'"):
+            _unpickled(state)
+
+
+def test_a_pickled_state_with_an_invalid_or_missing_parameter_is_refused(colour_model):
+    state = colour_model[0].__getstate__()
+    for name, value in (("width", -3), ("alpha", "much"), ("views", 3)):
+        with pytest.raises(ValueError, match=f"'{name}' parameter"):
+            _unpickled({**state, name: value})
+    with pytest.raises(ValueError, match=r"no value for the parameters \['width'\]"):
+        _unpickled({k: v for k, v in state.items() if k != "width"})
+
+
+def test_a_pickled_fitted_state_that_makes_no_sense_is_a_value_error(colour_model):
+    state = colour_model[0].__getstate__()
+    fitted = dict(state["_fitted"], fitted=dict(state["_fitted"]["fitted"], precision_="float8"))
+    with pytest.raises(ValueError, match="fitted state makes no sense.*precision_"):
+        _unpickled({**state, "_fitted": fitted})
+
+
+def test_sklearn_output_config_survives_a_pickle(colour_model):
+    dim = pickle.loads(pickle.dumps(colour_model[0]))
+    pd = pytest.importorskip("pandas")
+    dim.set_output(transform="pandas")
+    again = pickle.loads(pickle.dumps(dim))
+    assert isinstance(again.transform(colour_model[1][:2]), pd.DataFrame)
+
+
+def test_a_skops_file_that_replaces_a_method_is_refused(colour_model, tmp_path, monkeypatch):
+    sio = pytest.importorskip("skops.io")
+    dim = colour_model[0]
+    plain_state = DeepInfomaxTransformer.__getstate__
+    monkeypatch.setattr(
+        DeepInfomaxTransformer, "__getstate__", lambda self: {**plain_state(self), "transform": 0}
+    )
+    sio.dump(dim, tmp_path / "dim.skops")
+    monkeypatch.undo()
+    trusted = ["dimlearn.estimator.DeepInfomaxTransformer"]
+    with pytest.raises(ValueError, match="unknown attributes 'transform'"):
+        sio.load(tmp_path / "dim.skops", trusted=trusted)
