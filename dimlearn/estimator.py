@@ -132,7 +132,16 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         ``width`` channels and is one position of the local map, so the local term contrasts
         the code with each feature (:class:`~dimlearn.networks.TokenEncoder`); ``"mlp"``:
         two hidden layers of ``4 * width`` units, the first of them a one-position local map
-        (dimlearn 0.2's encoder).
+        (dimlearn 0.2's encoder). With ``"tokens"``, the two layers that read every
+        feature's embedding at once (the encoder's fc layer and the global critic's
+        summary) are bounded to 2**25 weights each (33.5 M): on wide tables (over 1,024
+        features at ``width=64`` for the critic, 2,048 for the encoder) they read fewer
+        channels per feature (the encoder through a 1x1 projection shared by all
+        features: 26 channels of 64 at 5,000 features), so the networks have 68 M and
+        65 M weights at 5,000 and 20,000 features, not 248 M and 987 M (a fitted model
+        keeps 35 M and 34 M). Past 2**25 / (8 * width) features (65,536 at
+        ``width=64``) ``fit`` refuses with a ``ValueError``: lower ``width``, use
+        ``"mlp"`` or reduce the features. Narrower tables keep the networks they had.
     feature_level : {"code", "fc", "conv"}, default="code"
         What ``transform`` returns, the DIM paper's three levels: the code mean
         (``latent_dim`` wide), the fc layer before it (16w; 4w for tabular data), or the last

@@ -198,6 +198,56 @@ def fold_old_biases(state: dict, module: nn.Module) -> list[str]:
     return removed
 
 
+MAX_FLAT_WEIGHTS = 2**25
+"""The most weights (33.5 M, 128 MiB in float32) that a layer reading a whole table row's
+feature map, flattened, may have: the token encoder's fc layer and the global critic's
+summary of a one-column (table) local map keep fewer channels per feature before the
+flattening where more would exceed it (:func:`flat_channels`). Image maps are never cut."""
+
+
+def flat_channels(channels: int, positions: int, n_out: int) -> int:
+    """How many of ``channels`` channels per position to keep before a map of
+    ``positions`` positions (a table's features) is flattened into a layer of ``n_out``
+    units: all of them while that layer has at most :data:`MAX_FLAT_WEIGHTS` weights, else
+    the most that stay within it (0: not even one). A function of the sizes alone, so a
+    model rebuilt from its parameters and input layout gets the same networks.
+
+    Examples
+    --------
+    >>> flat_channels(64, 1000, 256), flat_channels(64, 5000, 256), flat_channels(64, 20000, 256)
+    (64, 26, 6)
+    """
+    return min(channels, MAX_FLAT_WEIGHTS // (positions * n_out))
+
+
+def max_token_features(width: int) -> int:
+    """The most features ``tabular_encoder="tokens"`` takes at ``width``: 65,536 at 64.
+
+    The global critic's summary (its first layer has the critics' ``8 * width`` units,
+    :attr:`~dimlearn.config.TrainingConfig.critic_hidden`) reads at least one channel per
+    feature and has at most :data:`MAX_FLAT_WEIGHTS` weights; the encoder's fc layer
+    (``4 * width`` units) would take twice as many features.
+    """
+    return MAX_FLAT_WEIGHTS // (8 * width)
+
+
+def check_token_features(n_features: int, width: int) -> None:
+    """Raise ``ValueError`` naming what to change if ``n_features`` are more than
+    :func:`max_token_features` at ``width``."""
+    most = max_token_features(width)
+    if n_features <= most:
+        return
+    widest = MAX_FLAT_WEIGHTS // (8 * n_features)
+    narrower = f"width={widest} or less, " if widest >= 1 else ""
+    raise ValueError(
+        f"X has {n_features:,} features, more than the {most:,} that "
+        f"tabular_encoder='tokens' takes at width={width}: its layers that read every "
+        f"feature's token are bounded to {MAX_FLAT_WEIGHTS:,} weights, too few for one "
+        f"channel per feature. Set {narrower}tabular_encoder='mlp', or reduce the features to {most:,} or fewer "
+        "(PCA, feature selection)."
+    )
+
+
 class FeatureTokens(nn.Module):
     """Each feature of a row embedded on its own: ``relu(x_i * w_i + b_i)`` with weights of
     its own, ``(B, F) -> (B, width, F, 1)``: one position of the local map per feature."""
@@ -222,6 +272,16 @@ class TokenEncoder(_Encoder):
     SAINT / FT-Transformer style of tokens gives it); the "conv" feature level is the
     embeddings, flattened.
 
+    That fc layer reads all ``width * F`` embedding values, ``4 * width**2 * F`` weights.
+    Where that is more than :data:`MAX_FLAT_WEIGHTS` (over 2,048 features at ``width=64``),
+    a 1x1 convolution shared by all features first projects each embedding to the
+    ``channels`` of :func:`flat_channels` (26 at 5,000 features and ``width=64``), so the fc
+    layer keeps at most :data:`MAX_FLAT_WEIGHTS` weights; the local map stays the
+    ``width``-channel embeddings. Narrower tables are built as before, without it. Where
+    the global critic could not read one channel per feature (over
+    :func:`max_token_features`: 65,536 features at ``width=64``), ``ValueError`` names
+    the fix.
+
     Examples
     --------
     >>> import torch
@@ -232,12 +292,17 @@ class TokenEncoder(_Encoder):
 
     def __init__(self, n_features: int, latent_dim: int, width: int):
         super().__init__()
+        check_token_features(n_features, width)  # before any weight is drawn
         hidden = 4 * width
+        channels = flat_channels(width, n_features, hidden)
         self.local_shape = (width, n_features, 1)
         self.to_local = FeatureTokens(n_features, width)
+        # a bias before the fc layer would be removed by its BatchNorm (see ConvEncoder)
+        projection = [nn.Conv2d(width, channels, 1, bias=False)] if channels < width else []
         self.to_fc = nn.Sequential(
+            *projection,
             nn.Flatten(),
-            nn.Linear(width * n_features, hidden, bias=False),
+            nn.Linear(channels * n_features, hidden, bias=False),
             nn.BatchNorm1d(hidden),
             nn.ReLU(),
         )
@@ -277,11 +342,24 @@ class MLPEncoder(_Encoder):
         return hidden[:, :, None, None], mu, logvar
 
 
-def _map_summary(local_shape: tuple[int, int, int], head) -> nn.Sequential:
-    """The global critics' image side: a 3x3 conv over C(x), flattened, then ``head(n_in)``."""
+def _map_summary(local_shape: tuple[int, int, int], hidden: int, head) -> nn.Sequential:
+    """The global critics' image side: a 3x3 conv over C(x) to 64 channels, flattened, then
+    ``head(n_in)`` (whose first layer has ``hidden`` units).
+
+    On a one-column map (table rows' tokens, one position per feature) the conv keeps fewer
+    channels where 64 per feature would give the head's first layer more than
+    :data:`MAX_FLAT_WEIGHTS` weights (:func:`flat_channels`: over 1,024 features at
+    ``width=64``).
+    """
     channels, h, w = local_shape
+    out = 64 if w > 1 else flat_channels(64, h, hidden)
+    if out < 1:  # TokenEncoder refuses such tables first, naming the parameters to change
+        raise ValueError(
+            f"a local map of {h:,} positions is too long for a global critic of {hidden} "
+            f"units: even one channel per position needs over {MAX_FLAT_WEIGHTS:,} weights"
+        )
     return nn.Sequential(
-        nn.Conv2d(channels, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), head(64 * h * w)
+        nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(), nn.Flatten(), head(out * h * w)
     )
 
 
@@ -306,7 +384,7 @@ class GlobalCritic(nn.Module):
 
     def __init__(self, local_shape: tuple[int, int, int], latent_dim: int, hidden: int):
         super().__init__()
-        self.summary = _map_summary(local_shape, lambda n: nn.Linear(n, hidden))
+        self.summary = _map_summary(local_shape, hidden, lambda n: nn.Linear(n, hidden))
         self.from_summary = nn.Linear(hidden, hidden)
         self.from_code = nn.Linear(latent_dim, hidden, bias=False)
         self.score = nn.Sequential(
@@ -384,7 +462,9 @@ class GlobalDotCritic(nn.Module):
     ):
         super().__init__()
         # NO_CANDIDATE_BIAS
-        self.image_side = _map_summary(local_shape, lambda n: _mlp(n, hidden, hidden, False))
+        self.image_side = _map_summary(
+            local_shape, hidden, lambda n: _mlp(n, hidden, hidden, False)
+        )
         self.code_side = _mlp(latent_dim, hidden, hidden)
         self.temperature = temperature
 

@@ -272,6 +272,33 @@ def test_tabular_rows_use_the_tabular_encoders(fast, encoder):
     assert dim.module_.encoder.local_shape[1:] == (positions, 1)
 
 
+@pytest.mark.slow
+def test_a_table_of_5000_features_fits_at_the_default_width_within_the_bound(tmp_path):
+    # width 64 would give the token encoder's fc layer 82 M weights here and the global
+    # critic 164 M; both are bounded (dimlearn.networks.MAX_FLAT_WEIGHTS), and a model file
+    # rebuilds the same networks from the parameters and the input layout
+    import dimlearn
+    from dimlearn.networks import MAX_FLAT_WEIGHTS
+
+    X = np.random.default_rng(0).normal(size=(8, 5_000)).astype(np.float32)
+    dim = DeepInfomaxTransformer(max_epochs=1, batch_size=4, random_state=0).fit(X)
+    codes = dim.transform(X)
+    assert codes.shape == (8, 64) and np.isfinite(codes).all()
+    sizes = [p.numel() for p in dim.module_.parameters()]
+    assert max(sizes) <= MAX_FLAT_WEIGHTS
+    assert sum(sizes) <= MAX_FLAT_WEIGHTS + 2 * 5_000 * 64 + 1_000_000  # + tokens, critic
+    dimlearn.save(dim, tmp_path / "wide.safetensors")
+    np.testing.assert_array_equal(dimlearn.load(tmp_path / "wide.safetensors").transform(X), codes)
+
+
+def test_a_table_too_wide_for_the_tokens_is_refused_before_training():
+    X = np.zeros((4, 65_537), dtype=np.float32)
+    dim = DeepInfomaxTransformer(max_epochs=1, random_state=0)
+    with pytest.raises(ValueError, match="Set width=63 or less, tabular_encoder='mlp'"):
+        dim.fit(X)
+    assert not hasattr(dim, "module_")
+
+
 def test_list_input_is_accepted(digit_images, fast):
     X, _ = digit_images
     codes = DeepInfomaxTransformer(**fast).fit(X[:20].tolist()).transform(X[:5].tolist())

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from dimlearn.networks import ConvEncoder, LocalLocalCritic, MLPEncoder, PriorDiscriminator
+from dimlearn.networks import (
+    MAX_FLAT_WEIGHTS,
+    ConvEncoder,
+    GlobalDotCritic,
+    LocalLocalCritic,
+    MLPEncoder,
+    PriorDiscriminator,
+    TokenEncoder,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +81,69 @@ def test_local_local_positive_context_leaves_out_the_scored_position():
 def test_local_local_needs_two_positions():
     with pytest.raises(ValueError, match="at least 2 positions"):
         LocalLocalCritic((3, 1, 1), hidden=4)
+
+
+# -- wide tables: the layers that read every feature's token stay bounded ----------------
+
+
+def _table_module(n_features, width=64):
+    """The default networks for rows of ``n_features``, on the meta device (shapes only,
+    no memory), as a fit or a model file builds them."""
+    from dimlearn import DeepInfomaxTransformer
+    from dimlearn.config import TrainingConfig
+    from dimlearn.infomax import build_module
+    from dimlearn.inputs import resolve_layout
+
+    config = TrainingConfig.from_params(DeepInfomaxTransformer(width=width).get_params())
+    with torch.device("meta"):
+        return build_module(config, resolve_layout((n_features,), None, "auto"))
+
+
+@pytest.mark.parametrize("n_features", [5_000, 20_000, 65_536])
+def test_wide_tables_keep_every_layer_within_the_bound(n_features):
+    # before the bound: 4 w^2 F weights in the encoder's fc layer (82 M at 5,000 features,
+    # 328 M at 20,000) and 512 w F in the global critic's summary (164 M, 655 M)
+    module = _table_module(n_features)
+    sizes = {name: p.numel() for name, p in module.named_parameters()}
+    assert max(sizes.values()) <= MAX_FLAT_WEIGHTS, max(sizes, key=sizes.get)
+    tokens = 2 * n_features * 64  # FeatureTokens' own weight and bias per feature
+    assert sum(sizes.values()) <= 2 * MAX_FLAT_WEIGHTS + tokens + 2_000_000
+    projection = module.encoder.to_fc[0]
+    assert isinstance(projection, torch.nn.Conv2d) and projection.kernel_size == (1, 1)
+    assert module.encoder.local_shape == (64, n_features, 1)  # the local map is unchanged
+
+
+@pytest.mark.parametrize(("n_features", "projected"), [(2_048, False), (2_049, True)])
+def test_the_projection_starts_where_the_fc_layer_would_pass_the_bound(n_features, projected):
+    fc = _table_module(n_features).encoder.to_fc
+    linear = next(m for m in fc if isinstance(m, torch.nn.Linear))
+    assert isinstance(fc[0], torch.nn.Conv2d) == projected
+    assert linear.weight.numel() <= MAX_FLAT_WEIGHTS
+    assert (linear.in_features == 64 * n_features) == (not projected)
+
+
+@pytest.mark.parametrize("n_features", [7, 64, 1_024])
+def test_narrower_tables_keep_their_networks(n_features):
+    # the networks of existing models: files and pickles rebuild them from the parameters
+    module = _table_module(n_features)
+    shapes = {name: tuple(p.shape) for name, p in module.state_dict().items()}
+    assert shapes["encoder.to_fc.1.weight"] == (256, 64 * n_features)
+    assert "encoder.to_fc.0.weight" not in shapes
+    assert shapes["global_critic.image_side.0.weight"] == (64, 64, 3, 3)
+    assert shapes["global_critic.image_side.3.0.weight"] == (512, 64 * n_features)
+
+
+def test_images_keep_their_global_critic_whatever_their_size():
+    enc = ConvEncoder(in_channels=1, height=256, width_px=256, latent_dim=5, width=64)
+    with torch.device("meta"):
+        critic = GlobalDotCritic(enc.local_shape, 5, 512)
+    assert critic.image_side[0].out_channels == 64
+
+
+def test_too_many_features_are_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="width=63 or less, tabular_encoder='mlp'") as error:
+        _table_module(65_537)
+    assert "reduce the features to 65,536 or fewer" in str(error.value)
+    _table_module(65_537, width=63)  # the width it names builds
+    with pytest.raises(ValueError, match="Set tabular_encoder='mlp', or reduce"):
+        TokenEncoder(n_features=2**22 + 1, latent_dim=2, width=1)  # no width is narrow enough
