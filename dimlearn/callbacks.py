@@ -2,8 +2,11 @@
 
 Each stops training the way skorch's own ``EarlyStopping`` does, by raising
 ``KeyboardInterrupt`` from a callback, which ``NeuralNet.partial_fit`` catches; all of them
-raise it at the end of a batch, after the optimiser step, so the networks and the optimiser
-are always left in a consistent state. :func:`finish_history` then makes the history of an
+raise it at the end of a training batch, after the optimiser step, or at the end of an
+epoch, never during the held-out pass (an epoch is whole, ``valid_loss`` included, or cut
+between training batches), so the networks and the optimiser are always left in a
+consistent state. In data-parallel training every decision is taken by all processes
+together (:func:`_any_process`). :func:`finish_history` then makes the history of an
 epoch cut short read like a whole one.
 """
 
@@ -36,9 +39,11 @@ class TimeBudget(Callback):
     """Stops training once ``seconds`` have passed, at an epoch's end or inside an epoch.
 
     At the end of an epoch, training stops if the next one, predicted to take as long as the
-    last, would overrun the budget. At the end of every batch, training stops if the budget
-    is spent: an epoch longer than the whole budget is cut at the batch that reaches it, so
-    a budget means the same on a large data set as on a small one.
+    last, would overrun the budget. At the end of every training batch, training stops if
+    the budget is spent: an epoch longer than the whole budget is cut at the batch that
+    reaches it, so a budget means the same on a large data set as on a small one. A budget
+    spent during the held-out pass stops training at the end of that epoch, once its
+    ``valid_loss`` is recorded (and early stopping has seen it).
     """
 
     def __init__(self, seconds: float):
@@ -51,6 +56,8 @@ class TimeBudget(Callback):
         self.epoch_start_ = clock()
 
     def on_batch_end(self, net, training=True, **kwargs):
+        if not training:  # never cut the held-out pass (nor all-reduce on each of its batches)
+            return
         if _any_process(net, clock() - self.start_ >= self.seconds):
             net.history.record("stopped_by_time", True)
             raise KeyboardInterrupt
@@ -112,20 +119,27 @@ class CosineSchedule(Callback):
 
 
 class StopRequest:
-    """A flag that a SIGINT handler sets and :class:`StopAtBatchEnd` reads."""
+    """Flags that a SIGINT handler sets: ``requested`` (a first Ctrl-C), which
+    :class:`StopAtBatchEnd` reads, and ``forced`` (a second one), which
+    :func:`~dimlearn.training.fit_net` reads."""
 
     def __init__(self):
         self.requested = False
+        self.forced = False
 
 
 @contextlib.contextmanager
 def deferred_sigint(request: StopRequest):
     """Turn the first Ctrl-C (SIGINT) inside the block into a stop request.
 
-    The request is honoured at the end of the running batch (:class:`StopAtBatchEnd`), so
-    training never stops half way through an optimiser step. A second Ctrl-C raises
-    ``KeyboardInterrupt`` at once, as usual. Only where Python's default handler is in place
-    and only in the main thread (the one that receives signals); elsewhere nothing changes.
+    The request is honoured at the end of the running training batch, or of the epoch when
+    it comes during the held-out pass (:class:`StopAtBatchEnd`), so training never stops
+    half way through an optimiser step. A second Ctrl-C raises ``KeyboardInterrupt`` at
+    once, as usual, and sets ``request.forced``: skorch's ``partial_fit`` swallows that
+    ``KeyboardInterrupt`` as if it were a stop, which data-parallel training cannot take
+    (:func:`~dimlearn.training.fit_net` raises it again there, abandoning the fit).
+    Only where Python's default handler is in place and only in the main thread (the one
+    that receives signals); elsewhere nothing changes.
     """
     install = (
         threading.current_thread() is threading.main_thread()
@@ -138,6 +152,7 @@ def deferred_sigint(request: StopRequest):
     def handler(signum, frame):
         if request.requested:  # the second Ctrl-C: stop now
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            request.forced = True
             raise KeyboardInterrupt
         request.requested = True
 
@@ -149,12 +164,20 @@ def deferred_sigint(request: StopRequest):
 
 
 class StopAtBatchEnd(Callback):
-    """Stops training at the end of the batch during which a stop was requested (Ctrl-C)."""
+    """Stops training at the end of the training batch during which a stop was requested
+    (Ctrl-C), or at the end of the epoch when it was requested during the held-out pass."""
 
     def __init__(self, request: StopRequest):
         self.request = request
 
-    def on_batch_end(self, net, **kwargs):
+    def on_batch_end(self, net, training=True, **kwargs):
+        if training:  # never cut the held-out pass (nor all-reduce on each of its batches)
+            self._stop_if_requested(net)
+
+    def on_epoch_end(self, net, **kwargs):
+        self._stop_if_requested(net)
+
+    def _stop_if_requested(self, net):
         if _any_process(net, self.request.requested):
             net.history.record("interrupted", True)
             raise KeyboardInterrupt
@@ -177,19 +200,25 @@ class BestEpochEarlyStopping(EarlyStopping):
     state as it was after the best epoch and cuts the history there, so that the weights,
     the optimiser, ``history_`` and ``n_iter_`` all describe the same epoch. The last kept
     epoch records how many epochs ran past it (``epochs_after_best``) and their held-out
-    losses (``valid_loss_after_best``).
+    losses (``valid_loss_after_best``). In data-parallel training the processes stop
+    together when any of them would (they see the same ``valid_loss``, the mean over all).
     """
 
     def on_epoch_end(self, net, **kwargs):
         best_before = getattr(self, "best_epoch_", None)
+        stop = False
         try:
             super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:  # skorch's way of saying: stop here
+            stop = True
         finally:
             if self.best_epoch_ != best_before:
                 # on the device: a checkpoint, not a result (no copy to the host each epoch)
                 self.best_optimizer_state_ = named_optimizer_state(
                     net.optimizer_, net.module_, device=None
                 )
+        if _any_process(net, stop):
+            raise KeyboardInterrupt
 
     def on_train_end(self, net, **kwargs):
         best = getattr(self, "best_epoch_", None)

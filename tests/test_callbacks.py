@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from skorch.history import History
+from torch import nn
 
 import dimlearn.callbacks
 from dimlearn import DeepInfomaxTransformer
 from dimlearn.callbacks import (
+    BestEpochEarlyStopping,
     CosineSchedule,
     StopAtBatchEnd,
     StopRequest,
@@ -62,6 +64,80 @@ def test_the_time_budget_stops_before_an_epoch_that_would_overrun(monkeypatch):
         budget.on_epoch_end(net)
 
 
+class CountingRanks:
+    """What the callbacks ask of the processes training together: whether any wants to
+    stop. Counts the asks (each one an all-reduce in data-parallel training) and answers
+    ``others`` for the other processes."""
+
+    def __init__(self, others: bool = False):
+        self.others = others
+        self.asked = 0
+
+    def any(self, flag: bool) -> bool:
+        self.asked += 1
+        return flag or self.others
+
+
+def held_out_batch_stops(callback, net) -> bool:
+    """Whether the callback stops training at the end of a held-out batch."""
+    try:
+        callback.on_batch_end(net, training=False)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def test_the_time_budget_spent_in_the_held_out_pass_stops_at_the_epoch_end(monkeypatch):
+    clock, net, budget = FakeClock(monkeypatch), FakeNet(), TimeBudget(10.0)
+    net.ranks = CountingRanks()
+    budget.on_train_begin(net)
+    budget.on_epoch_begin(net)
+    clock.now += 9.0
+    budget.on_batch_end(net, training=True)  # the last training batch: 9 s, goes on
+    assert net.ranks.asked == 1
+    clock.now += 2.0
+    for _ in range(3):  # held-out batches at 11 s: the held-out pass is never cut ...
+        if held_out_batch_stops(budget, net):
+            pytest.fail("the time budget stopped training in the held-out pass")
+    assert net.ranks.asked == 1  # ... nor costs an all-reduce per batch
+    with pytest.raises(KeyboardInterrupt):  # the epoch is whole, valid_loss included
+        budget.on_epoch_end(net)
+    assert net.history[-1, "stopped_by_time"] is True
+
+
+def test_a_stop_request_in_the_held_out_pass_stops_at_the_epoch_end():
+    request, net = StopRequest(), FakeNet()
+    net.ranks = CountingRanks()
+    callback = StopAtBatchEnd(request)
+    request.requested = True
+    if held_out_batch_stops(callback, net):
+        pytest.fail("a stop request stopped training in the held-out pass")
+    assert net.ranks.asked == 0 and "interrupted" not in net.history[-1]
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_epoch_end(net)
+    assert net.history[-1, "interrupted"] is True
+
+
+def test_early_stopping_stops_every_process_when_one_would():
+    net = FakeNet()
+    net.module_ = nn.Linear(2, 1)
+    net.optimizer_ = torch.optim.Adam(net.module_.parameters())
+    stopping = BestEpochEarlyStopping(patience=1, threshold=0.0, load_best=True)
+    stopping.on_train_begin(net)
+    net.history.record("epoch", 1)
+    net.history.record("valid_loss", 1.0)
+    net.ranks = CountingRanks(others=False)
+    stopping.on_epoch_end(net)  # improved here and elsewhere: goes on
+    assert net.ranks.asked == 1
+    net.history.new_epoch()
+    net.history.record("epoch", 2)
+    net.history.record("valid_loss", 0.5)
+    net.ranks = CountingRanks(others=True)  # improved here, but another process stops
+    with pytest.raises(KeyboardInterrupt):
+        stopping.on_epoch_end(net)
+    assert stopping.best_epoch_ == 2  # this process still keeps its own best epoch
+
+
 def test_a_stop_request_stops_at_the_end_of_the_batch():
     request, net = StopRequest(), FakeNet()
     callback = StopAtBatchEnd(request)
@@ -102,22 +178,27 @@ def test_an_epoch_without_a_finished_batch_is_dropped_and_a_whole_one_kept():
 
 
 class BatchClock:
-    """A fake ``dimlearn.callbacks.clock``: exactly 1.0 "second" passes per training batch.
+    """A fake ``dimlearn.callbacks.clock``: exactly 1.0 "second" passes per training batch
+    (and per held-out batch with ``held_out=True``).
 
     It is advanced by the training step (``DeepInfomaxModule.terms`` in training mode, which
-    ``DeepInfomaxNet.train_step_single`` calls once per batch), so a budget is counted in
-    batches and does not depend on how busy the machine is.
+    ``DeepInfomaxNet.train_step_single`` calls once per batch; in eval mode for held-out
+    batches), so a budget is counted in batches and does not depend on how busy the machine
+    is.
     """
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, held_out=False):
         self.now = 0.0
-        self.train_batches = 0
+        self.train_batches = self.held_out_batches = 0
         original = DeepInfomaxModule.terms
 
         def terms(module, x, names):
             if module.training:
                 self.now += 1.0
                 self.train_batches += 1
+            elif held_out:
+                self.now += 1.0
+                self.held_out_batches += 1
             return original(module, x, names)
 
         monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
@@ -167,6 +248,23 @@ def test_max_time_cuts_an_epoch_longer_than_the_budget_at_a_batch_end(monkeypatc
     # the cut epoch's loss is the mean of the batches that ran (both of 10 samples)
     assert dim.loss_curve_[0] == pytest.approx(np.mean(batch_losses), rel=1e-6)
     assert np.all(np.isfinite(dim.transform(small_images(n=4))))
+
+
+def test_a_budget_spent_in_the_held_out_pass_keeps_the_epoch_and_its_valid_loss(
+    monkeypatch, fast
+):
+    # 40 rows: 30 to train on in 3 batches of 10, 10 held out in 1 batch; a second a batch.
+    # The budget runs out during the held-out batch (3 s < 3.5 s <= 4 s): the epoch ends
+    # whole, with the valid_loss that early stopping monitors, and training stops there
+    clock = BatchClock(monkeypatch, held_out=True)
+    params = dict(fast, max_epochs=100, batch_size=10, max_time=3.5, early_stopping=True)
+    dim = DeepInfomaxTransformer(**params, validation_fraction=0.25).fit(small_images(n=40))
+    assert (clock.train_batches, clock.held_out_batches) == (3, 1)
+    assert dim.n_iter_ == 1 and len(dim.history_) == 1
+    last = dim.history_[-1]
+    assert last["stopped_by_time"] is True
+    assert np.isfinite(last["valid_loss"]) and last["valid_batch_count"] == 1
+    assert last["train_batch_count"] == 3 and "epoch_fraction" not in last
 
 
 # -- learning-rate schedule and early stopping ------------------------------------------
