@@ -73,6 +73,12 @@ def _load_model(path: str) -> DeepInfomaxTransformer:
 
 
 def _cmd_fit(args) -> None:
+    if args.augment and args.views != "1":
+        raise UsageError(
+            f"--augment crops and flips the one view of --views 1, but --views {args.views} "
+            "trains two views of each image, each already augmented (crop, flip, colour "
+            "jitter, greyscale). Add --views 1 to train one augmented view, or drop --augment."
+        )
     images, _ = _read_images(args.images, args.size, "L" if args.grey else "RGB", args.verbose)
     params = dict(
         latent_dim=args.latent_dim,
@@ -85,15 +91,19 @@ def _cmd_fit(args) -> None:
         beta=args.beta,
         gamma=args.gamma,
         augment=args.augment,
+        views=args.views if args.views == "auto" else int(args.views),
+        precision=args.precision,
         device=args.device,
         random_state=args.seed,
         verbose=int(args.verbose),
     )
     model = DeepInfomaxTransformer(**params).fit(images)
     save(model, args.out, include_training_state=args.include_training_state)
+    views = "1 view" if model.views_ == 1 else f"{model.views_} views"
     print(
-        f"fitted on {len(images)} images ({model.n_iter_} epochs, final loss "
-        f"{model.loss_curve_[-1]:.4f}); model written to {args.out}"
+        f"fitted on {len(images)} images ({model.n_iter_} epochs on {model.device_}, "
+        f"{model.precision_}, {views}; final loss {model.loss_curve_[-1]:.4f}); model "
+        f"written to {args.out}"
     )
 
 
@@ -237,7 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         default = defaults[flag[2:].replace("-", "_")]
         fit.add_argument(flag, type=kind, default=default, help=f"{what} ({default})")
-    fit.add_argument("--augment", action="store_true", help="random crops and flips")
+    fit.add_argument(
+        "--views",
+        choices=["auto", "1", "2"],
+        default=str(defaults["views"]),
+        help=f"views of each image per step; auto is 2 for images ({defaults['views']})",
+    )
+    fit.add_argument(
+        "--augment", action="store_true", help="random crops and flips of one view (--views 1)"
+    )
+    fit.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default=defaults["precision"],
+        help="arithmetic of a training step; auto is bfloat16 where the device computes it "
+        f"natively, else float32 ({defaults['precision']})",
+    )
     fit.add_argument(
         "--device",
         default=defaults["device"],

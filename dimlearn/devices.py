@@ -53,11 +53,21 @@ def on_device(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA device that supports it, or a
-    CPU with AVX512-BF16 or AMX instructions (where bfloat16 convolutions and matrix products
-    run about twice as fast as float32; elsewhere they are emulated and slower)."""
+    """Whether ``device`` computes in bfloat16 natively: a CUDA device of compute capability
+    8.0 or more (Ampere and later; ``torch.cuda.is_bf16_supported`` alone also counts the
+    emulation of a V100 or T4, which is slower than float32), asked of ``device`` itself
+    rather than the current device, or a CPU with AVX512-BF16 or AMX instructions (where
+    bfloat16 convolutions and matrix products run about twice as fast as float32; elsewhere
+    they are emulated and slower)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        index = torch.cuda.current_device() if device.index is None else device.index
+        with torch.cuda.device(index):
+            try:
+                return torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # torch < 2.4 has no including_emulation and never emulated
+                return torch.cuda.get_device_properties(index).major >= 8
     if device.type != "cpu":
         return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -159,7 +159,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Images, one view (``views=1``) only: a random crop (after reflection padding by an
         eighth of the side) and a random horizontal flip of every training image, drawn anew
         each epoch (the Keras reference's multi-scale idea in its simplest form). Not for
-        digits or text-like images, where a mirror changes the class.
+        digits or text-like images, where a mirror changes the class. Refused (``fit``
+        raises ``ValueError``) when training uses two views, which are augmented already.
     views : {"auto", 1, 2}, default="auto"
         Views of each training sample. ``"auto"``: 2 for images, 1 for table rows (what
         won on each in the README's benchmarks). 2 trains the way AMDIM (Bachman et al.
@@ -226,8 +227,10 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         on CPUs; float16 needs CUDA. ``"auto"``: for images, bfloat16 where the device
         computes it natively (a CPU with AVX512-BF16 or AMX, a GPU that supports it: about
         twice the steps per second), else float32; float32 for table rows. With ``"auto"``
-        the numbers a ``random_state`` gives depend on the machine's instructions; set
-        ``"float32"`` for the same numbers on every CPU.
+        the numbers a ``random_state`` gives depend on the machine's instructions
+        (``precision_`` says what ran). ``"float32"`` removes that choice; float32 results
+        are still bit-identical only for one machine and thread count, and agree to float32
+        rounding across vector widths (AVX2, AVX-512), which sum in another order.
     data_on_device : {"auto", True, False}, default="auto"
         Copy the whole training set (in its stored dtype: CIFAR-10's 50k images are 150 MB
         as uint8) to the device once and draw every batch there. ``"auto"``: on CUDA when it
@@ -271,6 +274,16 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Epochs run, over those same calls (an epoch cut short counts as one).
     random_state_ : numpy.random.RandomState
         The stream each training call draws its seed from.
+    precision_ : {"float32", "bfloat16", "float16"} or None
+        The precision the last training call ran in (what ``precision="auto"`` resolved
+        to). A continued fit keeps it while ``precision`` is ``"auto"``. None for a model
+        read from a file of dimlearn 0.3.0 fitted with ``"auto"``, which did not record it.
+    views_ : {1, 2}
+        The views per sample the last training call trained (what ``views="auto"``
+        resolved to); kept by a continued fit while ``views`` is ``"auto"``.
+    device_ : str or None
+        The device the last training call ran on (``"cpu"``, ``"cuda:0"``, ...); None where
+        an older file does not say. ``history_`` holds all three for every epoch.
     input_mean_, input_scale_ : ndarray
         Per-channel (or per-feature) statistics used to standardise inputs.
     sample_shape_ : tuple

@@ -314,7 +314,14 @@ def _split_file(data: bytes, path: Path) -> dict:
             isinstance(value, str) for value in metadata.values()
         ):
             raise TypeError("the metadata is not a mapping of strings")
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
+    except (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+    ):
         raise ModelFileError(
             f"{path}: the safetensors header is not valid JSON of the expected form; the file "
             "is damaged or not a dimlearn model."

@@ -92,7 +92,12 @@ def test_training_draws_only_from_generators_it_owns(digit_images, fast):
     # its state would have moved
     X, _ = digit_images
     params = dict(
-        dict(fast, device="cpu"), augment=True, views=1, negatives="shuffle", prior="adversarial", alpha=0.5
+        dict(fast, device="cpu"),
+        augment=True,
+        views=1,
+        negatives="shuffle",
+        prior="adversarial",
+        alpha=0.5,
     )
     torch.manual_seed(123)
     state = torch.get_rng_state()

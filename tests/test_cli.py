@@ -104,6 +104,7 @@ def test_report_to_one_png_and_to_a_folder(model, photos, tmp_path):
         (["transform", "{tmp}/none.safetensors", "{photos}", "--out", "{tmp}/c.npy"], "no such"),
         (["search", "{model}", "{photos}", "--query", "{tmp}/nope.png"], "query image not found"),
         (["fit", "{photos}", "--out", "{tmp}/m.safetensors", "--lr", "-1"], "lr"),
+        (["fit", "{photos}", "--out", "{tmp}/m.safetensors", "--augment"], "Add --views 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message, model, photos, tmp_path, capsys):
@@ -142,10 +143,33 @@ def test_fit_takes_its_defaults_from_the_estimator():
 
     args = build_parser().parse_args(["fit", "photos/", "--out", "model.safetensors"])
     defaults = DeepInfomaxTransformer().get_params()
-    for name in ("max_epochs", "max_time", "latent_dim", "width", "batch_size", "lr", "device"):
+    names = ("max_epochs", "max_time", "latent_dim", "width", "batch_size", "lr", "device")
+    for name in (*names, "precision"):
         assert getattr(args, name) == defaults[name], name
     assert (args.alpha, args.beta, args.gamma) == (
         defaults["alpha"],
         defaults["beta"],
         defaults["gamma"],
     )
+    assert args.views == str(defaults["views"])
+
+
+def test_fit_says_what_its_auto_settings_resolved_to(photos, tmp_path, capsys):
+    path = tmp_path / "one_view.safetensors"
+    argv = [
+        "fit",
+        str(photos),
+        "--out",
+        str(path),
+        *FIT,
+        "--augment",
+        "--views",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    assert main([*argv, "--precision", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "on cpu, float32, 1 view;" in out
+    fitted = load(path)
+    assert (fitted.views_, fitted.precision_, fitted.augment) == (1, "float32", True)

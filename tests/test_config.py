@@ -60,3 +60,100 @@ def test_combinations_that_cannot_train_are_refused_with_the_fix(params, shape, 
     config = TrainingConfig.from_params(DeepInfomaxTransformer(**params).get_params())
     with pytest.raises(ValueError, match=match):
         config.resolved(layout(shape), torch.device("cpu"))
+
+
+# -- what "auto" resolved to is kept: fitted attributes, history, files, continued fits ----
+
+
+def _auto(fast, **params):
+    return DeepInfomaxTransformer(**dict(fast, precision="auto", device="cpu", **params))
+
+
+@pytest.mark.parametrize("native, precision", [(True, "bfloat16"), (False, "float32")])
+def test_the_resolved_settings_are_fitted_attributes_and_in_the_history(
+    monkeypatch, digit_images, fast, native, precision
+):
+    import dimlearn.config
+
+    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: native)
+    X, _ = digit_images
+    dim = _auto(fast).fit(X[:64])
+    assert (dim.precision_, dim.views_, dim.device_) == (precision, 2, "cpu")
+    assert dim.get_params()["precision"] == "auto" and dim.get_params()["views"] == "auto"
+    for entry in dim.history_:
+        assert (entry["precision"], entry["views"], entry["device"]) == (precision, 2, "cpu")
+    tables = _auto(fast).fit(X[:64].reshape(64, -1))
+    assert (tables.precision_, tables.views_) == ("float32", 1)
+
+
+def test_the_resolved_settings_survive_model_files_and_pickles(
+    monkeypatch, digit_images, fast, tmp_path
+):
+    import pickle
+
+    import dimlearn
+    import dimlearn.config
+
+    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: True)
+    X, _ = digit_images
+    dim = _auto(fast).fit(X[:64])
+    for copy in (
+        dimlearn.load(dimlearn.save(dim, tmp_path / "dim.safetensors")),
+        pickle.loads(pickle.dumps(dim)),
+    ):
+        assert (copy.precision_, copy.views_, copy.device_) == ("bfloat16", 2, "cpu")
+        assert copy.history_[-1, "precision"] == "bfloat16"
+
+
+def test_a_continued_fit_keeps_the_choices_it_was_trained_with(
+    monkeypatch, digit_images, fast, tmp_path
+):
+    import dimlearn
+    import dimlearn.config
+
+    X, _ = digit_images
+    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: True)
+    path = dimlearn.save(
+        _auto(fast).fit(X[:64]), tmp_path / "dim.safetensors", include_training_state=True
+    )
+    # continued on a machine without native bfloat16: still the model's own bfloat16
+    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: False)
+    continued = dimlearn.load(path).set_params(warm_start=True).fit(X[:64])
+    assert continued.precision_ == "bfloat16"
+    assert list(continued.history_[:, "precision"]) == ["bfloat16"] * 4
+    # unless the user sets another
+    pinned = dimlearn.load(path).set_params(warm_start=True, precision="float32").fit(X[:64])
+    assert pinned.precision_ == "float32"
+    assert list(pinned.history_[:, "precision"]) == ["bfloat16"] * 2 + ["float32"] * 2
+    # a fresh fit resolves anew
+    assert _auto(fast).fit(X[:64]).precision_ == "float32"
+
+
+def test_a_file_that_does_not_say_what_auto_resolved_to_reads_what_can_be_known(
+    digit_images, fast, tmp_path
+):
+    """Files of dimlearn 0.3.0 have no precision_, views_ or device_."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import dimlearn
+    from dimlearn.persistence import _digest
+
+    X, _ = digit_images
+    path = dimlearn.save(_auto(fast).fit(X[:64]), tmp_path / "dim.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
+    payload = json.loads(metadata["dimlearn"])
+    for name in ("precision_", "views_", "device_"):
+        del payload["fitted"][name]
+    metadata["dimlearn"] = json.dumps(payload)
+    metadata["sha256"] = _digest(tensors, f"{metadata['format_version']}|{metadata['dimlearn']}")
+    save_file(tensors, str(path), metadata=metadata)
+    older = dimlearn.load(path)
+    assert (older.precision_, older.views_, older.device_) == (None, 2, None)
+    with pytest.warns(UserWarning, match="Adam starts afresh"):
+        older.set_params(precision="float32", warm_start=True).fit(X[:64])
+    assert older.precision_ == "float32"

@@ -44,3 +44,35 @@ def test_native_bfloat16_follows_the_cpu_s_instructions(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert native_bfloat16(torch.device("cpu"))
     assert not native_bfloat16(torch.device("meta"))
+
+
+def test_native_bfloat16_on_cuda_asks_about_that_device_and_counts_no_emulation(monkeypatch):
+    """A machine with an A100 as device 0 and a V100 (bfloat16 emulated only) as device 1."""
+    import contextlib
+
+    from dimlearn.devices import native_bfloat16
+
+    current = {"index": 0}
+    native = {0: True, 1: False}
+
+    @contextlib.contextmanager
+    def on(index):
+        before, current["index"] = current["index"], index
+        try:
+            yield
+        finally:
+            current["index"] = before
+
+    def is_bf16_supported(including_emulation=True):
+        return including_emulation or native[current["index"]]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current["index"])
+    monkeypatch.setattr(torch.cuda, "device", on)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert native_bfloat16(torch.device("cuda:0"))
+    assert not native_bfloat16(torch.device("cuda:1"))  # emulated: not native
+    assert native_bfloat16(torch.device("cuda"))  # the current device, 0
+    current["index"] = 1
+    assert native_bfloat16(torch.device("cuda:0"))  # device 0, whatever is current
+    assert not native_bfloat16(torch.device("cuda"))

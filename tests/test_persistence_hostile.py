@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import dimlearn.persistence
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
 from dimlearn.config import TrainingConfig
-from dimlearn.infomax import build_module, kept_parts, keep_parts
+from dimlearn.infomax import build_module, keep_parts, kept_parts
 from dimlearn.inputs import Layout
 from dimlearn.persistence import _digest
 
@@ -201,8 +201,9 @@ def _typed_corruptions(data: bytes, rng):
                 "dimlearn": text,
                 "sha256": _digest(tensors, f"{metadata['format_version']}|{text}"),
             }
-            yield f"description {path} = {value!r}", _with_header(
-                data, {**header, "__metadata__": signed}
+            yield (
+                f"description {path} = {value!r}",
+                _with_header(data, {**header, "__metadata__": signed}),
             )
 
 
@@ -263,9 +264,7 @@ def test_a_saved_file_is_on_the_disk_before_it_replaces_the_old_one(
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
-    monkeypatch.setattr(
-        os, "replace", lambda a, b: events.append("replace") or real_replace(a, b)
-    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
     save(colour_model[0], tmp_path / "dim.safetensors")
     assert events[:2] == ["fsync", "replace"], events
     assert load(tmp_path / "dim.safetensors").n_iter_ == colour_model[0].n_iter_
