@@ -243,8 +243,8 @@ def check_token_features(n_features: int, width: int) -> None:
         f"X has {n_features:,} features, more than the {most:,} that "
         f"tabular_encoder='tokens' takes at width={width}: its layers that read every "
         f"feature's token are bounded to {MAX_FLAT_WEIGHTS:,} weights, too few for one "
-        f"channel per feature. Set {narrower}tabular_encoder='mlp', or reduce the features to {most:,} or fewer "
-        "(PCA, feature selection)."
+        f"channel per feature. Set {narrower}tabular_encoder='mlp', or reduce the features "
+        f"to {most:,} or fewer (PCA, feature selection)."
     )
 
 
