@@ -301,7 +301,8 @@ class ArrayBatches(torch.utils.data.Dataset):
 
 def even_sizes(total: int, parts: int) -> list[int]:
     """Sizes of ``parts`` consecutive pieces of ``total`` rows, differing by at most one,
-    the larger ones first.
+    the larger ones first: the sizes of ``np.array_split(np.arange(total), parts)``, without
+    the array of ``total`` numbers it would need.
 
     Examples
     --------

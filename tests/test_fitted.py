@@ -9,7 +9,7 @@ import torch
 
 from dimlearn import DeepInfomaxTransformer
 from dimlearn.config import TrainingConfig
-from dimlearn.fitted import ATTRIBUTES, FittedState, clear
+from dimlearn.fitted import ATTRIBUTES, FittedState, clear, rng_from_plain, rng_to_plain
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,15 @@ def test_continuing_joins_histories_and_counts_on(fitted):
     assert [entry["epoch"] for entry in joined.history] == list(range(1, 2 * state.n_iter + 1))
     assert joined.loss_curve == state.loss_curve * 2
     assert torch.equal(joined.module.encoder.to_code.weight, state.module.encoder.to_code.weight)
+
+
+def test_the_rng_stream_keeps_the_plain_form_of_existing_files_and_goes_on_exactly():
+    rng = np.random.RandomState(7)
+    rng.standard_normal()  # leaves half of a Box-Muller pair cached: has_gauss = 1
+    plain = json.loads(json.dumps(rng_to_plain(rng)))  # as a model file's JSON holds it
+    assert set(plain) == {"bit_generator", "keys", "pos", "has_gauss", "cached_gaussian"}
+    assert plain["bit_generator"] == "MT19937" and len(plain["keys"]) == 624
+    assert plain["has_gauss"] == 1
+    copy = rng_from_plain(plain)
+    assert copy.standard_normal() == rng.standard_normal()  # the cached one
+    np.testing.assert_array_equal(copy.randint(0, 2**31, 10), rng.randint(0, 2**31, 10))

@@ -181,3 +181,10 @@ def test_the_dataset_owns_its_batch_plan_and_its_size_in_bytes():
 def test_even_sizes_are_the_pieces_of_batches_and_of_process_parts():
     assert even_sizes(10, 3) == [4, 3, 3] and sum(even_sizes(1000, 7)) == 1000
     assert split_batches(10, 4) == even_sizes(10, 3)
+
+
+@pytest.mark.parametrize("total", [0, 1, 2, 7, 10, 128, 1001])
+@pytest.mark.parametrize("parts", [1, 2, 3, 8, 64])
+def test_even_sizes_are_numpys_array_split(total, parts):
+    pieces = np.array_split(np.arange(total), parts)
+    assert even_sizes(total, parts) == [len(piece) for piece in pieces]
