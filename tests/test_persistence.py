@@ -1,7 +1,6 @@
 """Model files: dimlearn.save / dimlearn.load (safetensors + JSON, never pickle), and pickles
 that keep only the weights something uses."""
 
-import copy
 import json
 import pickle
 import warnings
@@ -10,15 +9,12 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-import sklearn
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from sklearn.exceptions import NotFittedError
 
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
-from dimlearn.config import ADDED_SINCE_0_2
-from dimlearn.networks import batch_norm_pairs
 from dimlearn.persistence import FORMAT_VERSION, _digest
 
 
@@ -312,136 +308,10 @@ def test_a_damaged_file_is_refused_or_gives_the_same_codes(fitted, model_file, t
     assert outcomes["refused"] > 1000, outcomes  # nearly every header digit matters
 
 
-# -- files and pickles of dimlearn 0.2 ------------------------------------------------------
-
-
-def _with_biases_before_batch_norm(module, seed=0):
-    """A copy of ``module`` as dimlearn 0.2 built it: a bias in every layer before a
-    BatchNorm layer (random here), and running means that have tracked those biases, so
-    that both compute the same codes in eval mode."""
-    old = copy.deepcopy(module)
-    generator = torch.Generator().manual_seed(seed)
-    for layer_name, norm_name in batch_norm_pairs(old):
-        layer, norm = old.get_submodule(layer_name), old.get_submodule(norm_name)
-        bias = torch.randn(norm.num_features, generator=generator)
-        layer.bias = torch.nn.Parameter(bias)
-        norm.running_mean += bias
-    # 0.2's critics also had biases on their candidates' embeddings (NO_CANDIDATE_BIAS)
-    for name, layer in old.named_modules():
-        if not name.startswith("encoder") and getattr(layer, "bias", 0) is None:
-            out = layer.weight.shape[0]
-            layer.bias = torch.nn.Parameter(torch.randn(out, generator=generator))
-    return old
-
-
-def _write_format_1(path, estimator, module, include_training_state=False):
-    """A model file as dimlearn 0.2's save wrote it: format 1, the checksum over the
-    weights only, kept inside the description as ``weights_sha256``."""
-    from dimlearn.fitted import FittedState
-
-    plain = FittedState.of(estimator).to_plain(include_training_state)
-    tensors = {
-        f"module.{key}": value.detach().contiguous()
-        for key, value in module.state_dict().items()
-        if include_training_state or key.split(".")[0] in ("encoder", "local_critic")
-    }
-    params = {k: v for k, v in estimator.get_params().items() if k not in ADDED_SINCE_0_2}
-    payload = {
-        "estimator": "DeepInfomaxTransformer",
-        "versions": {"dimlearn": "0.2.0"},
-        "params": params,
-        "fitted": plain["fitted"],
-        "history": plain["history"],
-        "training_state": include_training_state,
-    }
-    if include_training_state:
-        for name, moments in plain["optimizer"].items():
-            for key, value in moments.items():
-                tensors[f"optimizer.{name}.{key}"] = torch.from_numpy(value)
-        for name, bias in module.named_parameters():  # 0.2 kept Adam's moments of all
-            if name.endswith(".bias") and name.removeprefix("module.") not in plain["weights"]:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    tensors[f"optimizer.{name}.{key}"] = torch.zeros_like(bias)
-                tensors[f"optimizer.{name}.step"] = torch.tensor(2.0)
-        payload["random_state_"] = plain["random_state"]
-    payload["weights_sha256"] = _digest(tensors)
-    metadata = {"format": "dimlearn.model", "format_version": "1", "dimlearn": json.dumps(payload)}
-    save_file(tensors, str(path), metadata=metadata)
-    return path
-
-
-def _old_codes(module, X, dim):
-    from dimlearn.inference import encode
-    from dimlearn.inputs import ArrayBatches
-
-    data = ArrayBatches(X, dim.layout_, dim.input_mean_, dim.input_scale_)
-    return encode(module.eval(), data, 512, torch.device("cpu"))
-
-
-# Folding a bias into the running mean changes one float32 subtraction per value,
-# (W x + b) - m against W x - (m - b): each rounds to within 2**-24 of the larger operand.
-# Through the rest of the encoder that stays far below 1e-5 of the codes' size.
-FOLD_TOLERANCE = 1e-5
-
-
-@pytest.mark.parametrize("kind", ["images", "tabular"])
-@pytest.mark.parametrize("include_training_state", [False, True])
-def test_a_file_of_dimlearn_0_2_loads_to_the_same_codes(
-    digit_images, tmp_path, kind, include_training_state, fast
-):
-    X, _ = digit_images
-    X = X[:120] if kind == "images" else X[:120].reshape(120, -1)
-    # 0.2's networks: the MLP encoder for table rows, one view, raw dot scores
-    dim = DeepInfomaxTransformer(**fast, alpha=0.5, **ADDED_SINCE_0_2).fit(X)
-    old = _with_biases_before_batch_norm(dim.module_)
-    expected = _old_codes(old, X, dim)
-    path = _write_format_1(tmp_path / "old.safetensors", dim, old, include_training_state)
-    loaded = load(path)
-    codes = loaded.transform(X)
-    np.testing.assert_allclose(codes, expected, atol=FOLD_TOLERANCE * np.abs(expected).max())
-    assert not np.array_equal(codes, dim.transform(X))  # the folded biases are in there
-    assert loaded.module_.state_dict().keys() == (
-        dim.module_.state_dict().keys()
-        if include_training_state
-        else {k for k in dim.module_.state_dict() if not k.startswith("global_critic")}
-    )
-    if include_training_state:  # it trains on, Adam's moments and all, without a warning
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            loaded.set_params(warm_start=True, max_epochs=1).fit(X)
-        assert loaded.n_iter_ == dim.n_iter_ + 1
-
-
-def test_a_pickle_of_dimlearn_0_2_loads_to_the_same_codes_and_trains_on(digit_images, fast):
-    X, _ = digit_images
-    dim = DeepInfomaxTransformer(**fast).fit(X[:120])
-    old = _with_biases_before_batch_norm(dim.module_)
-    expected = _old_codes(old, X[:120], dim)
-    # what dimlearn 0.2 pickled: the instance's dict, the module with its biases in it
-    state = {**vars(dim), "_sklearn_version": sklearn.__version__, "module_": old}
-    state["_optimizer_state"] = {
-        **state["_optimizer_state"],
-        **{f"{layer}.bias": {} for layer, _ in batch_norm_pairs(old)},
-    }
-    unpickled = pickle.loads(pickle.dumps(_Pickled(state)))
-    codes = unpickled.transform(X[:120])
-    np.testing.assert_allclose(codes, expected, atol=FOLD_TOLERANCE * np.abs(expected).max())
-    unpickled.set_params(warm_start=True, max_epochs=1).fit(X[:120])
-    assert unpickled.n_iter_ == dim.n_iter_ + 1
-
-
-class _Pickled:
-    """Pickles as a DeepInfomaxTransformer holding ``state``, the way pickle rebuilds one."""
-
-    def __init__(self, state):
-        self.state = state
-
-    def __reduce__(self):
-        return (_new_estimator, (), self.state)
-
-
-def _new_estimator():
-    return DeepInfomaxTransformer.__new__(DeepInfomaxTransformer)
+# -- files that are no dimlearn models ------------------------------------------------------
+#
+# (Files and pickles that dimlearn 0.2 itself wrote are read in tests/test_compat_0_2.py,
+# from fixtures that tests/fixtures/make_0_2_files.py wrote with 0.2's code.)
 
 
 def test_other_files_are_not_dimlearn_models(tmp_path):
