@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from .devices import native_bfloat16
+from .networks import check_token_features
 
 TERM_NAMES = ("global", "local", "prior", "local_local")
 """The loss terms, in the order of their weights ``alpha, beta, gamma, delta``."""
@@ -102,6 +103,8 @@ class TrainingConfig:
                 "flat images, or set delta=0."
             )
         images = layout.kind == "image"
+        if not images and self.tabular_encoder == "tokens":  # its size is bounded
+            check_token_features(layout.channels, self.width)
         views = self.views
         if views == "auto":  # measured: two views win on images, lose on table rows
             views = 2 if images else 1

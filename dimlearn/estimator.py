@@ -50,8 +50,9 @@ def _upgrade_0_2_pickle(state: dict) -> None:
 
 
 _SKLEARN_STATE = frozenset({"_sklearn_version", "_sklearn_output_config"})
-"""What scikit-learn keeps in an estimator's ``__dict__`` besides the parameters (its
-version, written by ``BaseEstimator.__getstate__``; ``set_output``'s choice)."""
+"""What scikit-learn may keep in an estimator's ``__dict__`` besides the parameters: the
+version that ``BaseEstimator.__getstate__`` writes (for scikit-learn's own classes since
+1.3, for every estimator before, so in pickles of dimlearn 0.2) and ``set_output``'s choice."""
 
 
 SCORE_BATCH = 128

@@ -297,7 +297,11 @@ def test_a_table_of_5000_features_fits_at_the_default_width_within_the_bound(tmp
     np.testing.assert_array_equal(dimlearn.load(tmp_path / "wide.safetensors").transform(X), codes)
 
 
-def test_a_table_too_wide_for_the_tokens_is_refused_before_training():
+def test_a_table_too_wide_for_the_tokens_is_refused_before_training(no_training, monkeypatch):
+    def no_statistics(*args):
+        raise AssertionError("the pass over X for the input statistics came first")
+
+    monkeypatch.setattr(estimator_module, "channel_stats", no_statistics)
     X = np.zeros((4, 65_537), dtype=np.float32)
     dim = DeepInfomaxTransformer(max_epochs=1, random_state=0)
     with pytest.raises(ValueError, match="Set width=63 or less, tabular_encoder='mlp'"):
