@@ -1,9 +1,10 @@
-"""The ``dimlearn`` command line: fit, transform, search and report, thin over the library.
+"""The ``dimlearn`` command line: fit, transform, search, report and browse, thin over the library.
 
     dimlearn fit photos/ --out model.safetensors --size 32 --max-time 600
     dimlearn transform model.safetensors photos/ --out codes.csv
     dimlearn search model.safetensors photos/ --query photos/cat.jpg -k 9 --out grid.png
     dimlearn report model.safetensors photos/ --out report.png
+    dimlearn browse model.safetensors photos/ --out photos_map/
 
 IMAGES is a folder of image files (read with :func:`dimlearn.load_images`) or a ``.npy``
 array of images (opened memory-mapped). Exit codes: 0 on success, 2 on bad usage or input
@@ -189,6 +190,50 @@ def _cmd_report(args) -> None:
     print(f"report ({', '.join(figures)}) written to {out}")
 
 
+def _cmd_browse(args) -> None:
+    from .browse import browse
+
+    model = _load_model(args.model)
+    images, names = _images_for(model, args.images, args.verbose)
+    labels = _read_labels(args.labels, len(images)) if args.labels else None
+    thumbnails = None
+    if not args.images.endswith(".npy"):
+        side = _picture_side(names, args.thumb_size)
+        if side > max(_model_image_size(model)[0]):  # the files are larger: sharper pictures
+            thumbnails, _ = load_images(names, side, errors="raise")
+    page = browse(
+        model,
+        images,
+        args.out,
+        paths=names,
+        labels=labels,
+        method=args.map,
+        metric=args.metric,
+        k=args.k,
+        thumbnails=thumbnails,
+        thumb_size=args.thumb_size,
+        random_state=args.seed,
+        title=args.title,
+    )
+    size = sum(p.stat().st_size for p in page.parent.rglob("*") if p.is_file())
+    print(
+        f"a page of {len(images)} images written to {page} ({size / 2**20:.1f} MiB in all); "
+        "open it in a browser"
+    )
+
+
+def _picture_side(paths, largest: int) -> int:
+    """The side to show images at: the median shorter side of (up to 64 of) the files, up
+    to ``largest``; reading only their headers."""
+    from PIL import Image
+
+    sides = []
+    for path in paths[:: max(1, len(paths) // 64)][:64]:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return min(largest, int(np.median(sides)))
+
+
 def _stack_figures(figures, out: Path, plt) -> None:
     """One PNG with the figures one under another (each drawn at its own size)."""
     import io
@@ -302,6 +347,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--queries", type=int, default=6, help="query rows (6)")
     report.add_argument("--seed", type=int, default=0)
     report.set_defaults(run=_cmd_report, verbose=False)
+
+    browse = commands.add_parser(
+        "browse",
+        help="a page to browse IMAGES on a map of their codes",
+        description="Write a folder with index.html, a page that opens from disk in a browser "
+        "(no server): the map of the codes with the images on it, each image's nearest "
+        "neighbours, search by name, lasso selection, classes and training curves.",
+    )
+    browse.add_argument("model", metavar="MODEL")
+    browse.add_argument("images", metavar="IMAGES", help="a folder of image files or a .npy")
+    browse.add_argument("--out", required=True, metavar="DIR", help="folder to write the page to")
+    browse.add_argument("--labels", default=None, help="one label per image: .txt or .npy")
+    browse.add_argument(
+        "--map",
+        choices=["pca", "tsne", "umap"],
+        default="pca",
+        help="the 2-D map: PCA, t-SNE, or UMAP (needs dimlearn[umap]) (pca)",
+    )
+    browse.add_argument("-k", type=int, default=10, help="neighbours listed per image (10)")
+    browse.add_argument("--metric", default="cosine", help="cosine (default) or euclidean")
+    browse.add_argument(
+        "--thumb-size",
+        type=int,
+        default=64,
+        help="largest side of the pictures on the page, px; files smaller than this are shown "
+        "at their own size (64)",
+    )
+    browse.add_argument("--title", default=None, help="the page's title")
+    browse.add_argument("--seed", type=int, default=0, help="seeds t-SNE and UMAP (0)")
+    browse.set_defaults(run=_cmd_browse, verbose=False)
     return parser
 
 

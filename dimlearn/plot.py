@@ -2,7 +2,9 @@
 
 matplotlib is an optional extra (``pip install 'dimlearn[plot]'``), imported only when a
 function is called. Every function returns the ``Figure`` it drew on: a new one, or the
-figure of the ``ax`` it was given.
+figure of the ``ax`` it was given; except :func:`browse` (from :mod:`dimlearn.browse`),
+which writes a folder with a page to browse a collection of images on the map of their
+codes, and returns the page's path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
+from .browse import browse  # noqa: F401 (public here: the page is a figure you can browse)
 from .inputs import _guess_channels_last
 
 if TYPE_CHECKING:
