@@ -17,13 +17,20 @@ the one of a single process that sees the whole batch:
 - BatchNorm uses the whole batch's statistics: ``torch.nn.SyncBatchNorm`` on CUDA, and on
   the CPU (which ``SyncBatchNorm`` refuses) a hook that gathers the layer's input;
 - stopping (time budget, Ctrl-C, early stopping) is decided together, so no process is left
-  waiting in a collective.
+  waiting in a collective;
+- a process whose fit fails posts its error to the group's store, so that the others,
+  whose collective then fails (at once when that process ends, else at the group's
+  timeout), raise an error that names it (:meth:`Ranks.training`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -88,6 +95,7 @@ class Ranks:
         self.rank = dist.get_rank(self.group)
         self.size = dist.get_world_size(self.group)
         self.backend = str(dist.get_backend(self.group))
+        self.call_id = 0  # rank 0's token for this training call (set by agree)
 
     def __repr__(self) -> str:
         return f"Ranks(rank={self.rank}, size={self.size}, backend={self.backend!r})"
@@ -146,11 +154,16 @@ class Ranks:
         """Rank 0's seed, after checking that every process holds data of the same shape.
 
         Every process must pass the same X to ``fit``: the shuffle, the held-out split
-        and the batches are drawn from that seed over row numbers.
+        and the batches are drawn from that seed over row numbers. Rank 0 also draws a
+        token that names this training call in the group's store (:meth:`training`).
         """
+        with _claimed(self.group):
+            return self._agree(seed, X)
+
+    def _agree(self, seed: int, X: np.ndarray) -> int:
         shape = [int(side) for side in X.shape]
         mine = torch.tensor(
-            [seed, len(shape), *shape, *[0] * (6 - len(shape))],
+            [seed, len(shape), *shape, *[0] * (6 - len(shape)), secrets.randbits(62)],
             dtype=torch.int64,
             device=self._flag_device,
         )
@@ -164,6 +177,7 @@ class Ranks:
                 f"({described}). Every process must pass the same whole X to fit; each "
                 "trains on its own part of every batch."
             )
+        self.call_id = int(every[0][-1].item())
         return int(every[0][0].item())
 
     def check_batches(self, batch_sizes: list[int], batch_size: int) -> None:
@@ -179,19 +193,167 @@ class Ranks:
         """This process's part of a batch of ``total`` rows."""
         return BatchPart(total, self.rank, self.size, self.group)
 
+    # -- failing together -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def training(self):
+        """The block in which this process trains with the others, and fails with them.
+
+        One thread of a process at a time may train on a group (the collectives of two
+        would interleave): another gets a ``RuntimeError`` at once, before any collective.
+        When the block raises in one process, that process posts its error to the group's
+        store. The collective every other process waits in then fails: at once when the
+        failing process ends (its connections close), else at the group's timeout
+        (``init_process_group(timeout=...)``; 30 minutes by default for gloo), since
+        neither destroying nor aborting a gloo group closes its connections while DDP or
+        a functional collective has used it. Those processes raise a ``RuntimeError``
+        that names the first process and its error; one whose collective failed with no
+        error posted (another process was killed, or hung past the timeout) raises one
+        that says so. The group is then destroyed in every process: after a failed
+        data-parallel fit it is out of step and cannot be used again.
+        """
+        with _claimed(self.group):
+            try:
+                yield
+            except BaseException as error:
+                replacement = self._failed(error)
+                if replacement is None:
+                    raise
+                raise replacement from error
+
+    def _failed(self, error: BaseException) -> BaseException | None:
+        """Post this process's own error, or turn a broken collective into the error of
+        the process that failed first; end the group. The error to raise instead, or None
+        to raise ``error``."""
+        posted = None
+        if isinstance(error, RuntimeError):  # another process's failure surfaces as one
+            posted = self._posted_failure(wait=FAILURE_POST_WAIT if _broken_link(error) else 0)
+        if posted is not None:
+            rank, message = posted
+            replacement = RuntimeError(
+                f"Data-parallel training stopped because rank {rank} of {self.size} failed "
+                f"with {message}. This process (rank {self.rank}) stopped with it and the "
+                f"model is not fitted; rank {rank}'s own output has its traceback."
+            )
+        elif _broken_link(error):
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            replacement = RuntimeError(
+                f"Data-parallel training stopped: rank {self.rank} of {self.size} lost "
+                f"contact with the other processes ({type(error).__name__}: {first_line}). "
+                "Another process ended without reporting an error (killed, out of memory, "
+                "its machine gone) or did not answer within the process group's timeout "
+                "(init_process_group(timeout=...)); its own output and torchrun's summary "
+                "say which. The model is not fitted."
+            )
+        else:
+            replacement = None
+            self._post(error)
+        self._end_group()
+        return replacement
+
+    def _store(self):
+        try:
+            return dist.distributed_c10d._get_process_group_store(self.group)
+        except Exception:  # a group without a store, or a torch without this accessor
+            return None
+
+    @property
+    def _failure_key(self) -> str:
+        return f"dimlearn/failed/{self.call_id}"
+
+    def _post(self, error: BaseException) -> None:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        store = self._store()
+        if store is not None:
+            with contextlib.suppress(Exception):  # the store may be gone with its host
+                store.set(self._failure_key, f"{self.rank}\n{text[:2000]}")
+
+    def _posted_failure(self, wait: float) -> tuple[int, str] | None:
+        """(rank, error) that another process posted for this call, waiting up to
+        ``wait`` seconds for it; None if there is none (or no store to ask)."""
+        store = self._store()
+        if store is None:
+            return None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                if store.check([self._failure_key]):
+                    rank, _, message = store.get(self._failure_key).decode().partition("\n")
+                    return None if int(rank) == self.rank else (int(rank), message)
+            except Exception:  # the store went down with the process that hosted it
+                return None
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def _end_group(self) -> None:
+        with contextlib.suppress(Exception):  # already destroyed, or never usable again
+            dist.destroy_process_group(self.group)
+
+
+FAILURE_POST_WAIT = 1.0
+"""Seconds a process whose collective broke waits for the error that broke it to be posted
+(a process posts before it leaves the group, so the wait is only spent when none will
+come: a process killed)."""
+
+_BROKEN_LINK_MESSAGE = re.compile(
+    r"closed by peer|connection reset|broken pipe|timed out|timeout|/gloo/|nccl", re.IGNORECASE
+)
+
+
+def _broken_link(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed (a peer gone, a timeout)."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(error, RuntimeError) and bool(_BROKEN_LINK_MESSAGE.search(str(error)))
+
+
+_TRAINING_THREADS: dict[int, int] = {}
+"""Which thread of this process trains on each process group (by ``id`` of the group)."""
+_TRAINING_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _claimed(group):
+    """The block runs collectives on ``group`` from this thread alone (re-entrant)."""
+    key, me = id(group), threading.get_ident()
+    with _TRAINING_THREADS_LOCK:
+        holder = _TRAINING_THREADS.get(key)
+        if holder is not None and holder != me:
+            raise RuntimeError(
+                "Another thread of this process is training on this torch.distributed "
+                "process group, and two fits on one group would interleave their "
+                "collectives. Train one model at a time on a group, or pass "
+                "distributed=False to the fits in other threads so that each trains alone."
+            )
+        _TRAINING_THREADS[key] = me
+    try:
+        yield
+    finally:
+        if holder is None:
+            with _TRAINING_THREADS_LOCK:
+                _TRAINING_THREADS.pop(key, None)
+
 
 def training_ranks(setting) -> Ranks | None:
     """The processes to train with, from the estimator's ``distributed`` parameter.
 
-    ``"auto"``: data-parallel when a ``torch.distributed`` process group of more than one
-    process is initialised. ``True``: the same, but an error when there is none. ``False``:
-    this process trains alone, whatever the group.
+    ``"auto"``: data-parallel with the initialised ``torch.distributed`` process group when
+    it has more than one process, torchrun started this process into it (``RANK`` and
+    ``WORLD_SIZE`` in the environment are its rank and size in the group, and
+    ``LOCAL_RANK`` is set) and ``fit`` runs in the main thread. Otherwise this process
+    trains alone, with a warning when such a group exists: a group that other code set up
+    (or a fit in another thread, as under threaded joblib or dask) does not change what
+    ``fit`` does. ``True``: data-parallel with whatever group is initialised, from any
+    thread (one fit at a time per group), and an error when there is none. ``False``: this
+    process trains alone, whatever the group.
     """
-    if setting is False:
+    auto = isinstance(setting, str)  # "auto"; else a bool (numpy's too)
+    if not auto and not setting:
         return None
     ready = dist.is_available() and dist.is_initialized()
     if not ready:
-        if setting is True:
+        if not auto:
             raise ValueError(
                 "distributed=True, but no torch.distributed process group is initialised. "
                 "Launch the script with torchrun and call "
@@ -207,8 +369,41 @@ def training_ranks(setting) -> Ranks | None:
                 "train one model together, or set distributed=False to silence this."
             )
         return None
-    ranks = Ranks()
-    return ranks if ranks.size > 1 else None
+    size = dist.get_world_size()
+    if size == 1:
+        return None
+    if auto:
+        reason = _not_for_auto(dist.get_rank(), size)
+        if reason is not None:
+            warn(
+                f"A torch.distributed process group of {size} processes is initialised, "
+                f"but distributed='auto' trains this process alone: {reason}. Pass "
+                "distributed=True to train one model with every process of the group (one "
+                "fit at a time per group), or distributed=False to train alone without "
+                "this warning."
+            )
+            return None
+    return Ranks()
+
+
+def _not_for_auto(rank: int, size: int) -> str | None:
+    """Why ``distributed="auto"`` does not use the initialised group, or None if it does."""
+    if threading.current_thread() is not threading.main_thread():
+        return (
+            "fit runs in a thread other than the main one (fits in several threads of one "
+            "process would interleave their collectives on the one group)"
+        )
+    env = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if None in env.values():
+        unset = ", ".join(name for name, value in env.items() if value is None)
+        return f"torchrun did not start this process ({unset} not set)"
+    if (env["RANK"].strip(), env["WORLD_SIZE"].strip()) != (str(rank), str(size)):
+        return (
+            f"the group is not the one torchrun started this process into (this process is "
+            f"rank {rank} of {size} in it, but RANK={env['RANK']} and "
+            f"WORLD_SIZE={env['WORLD_SIZE']})"
+        )
+    return None
 
 
 # -- the module while it trains data-parallel ------------------------------------------

@@ -243,13 +243,20 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         step on a GPU. The fitted ``module_`` is the plain module either way.
     distributed : "auto" or bool, default="auto"
         Data-parallel training across processes (``torchrun``; README: More than one
-        machine). ``"auto"``: when a ``torch.distributed`` process group of more than one
-        process is initialised, ``fit`` and ``partial_fit`` train one model together with
+        machine). ``"auto"``: when torchrun started this process into an initialised
+        ``torch.distributed`` process group of more than one process (``RANK`` and
+        ``WORLD_SIZE`` are its rank and size there, ``LOCAL_RANK`` is set) and ``fit``
+        runs in the main thread, ``fit`` and ``partial_fit`` train one model together with
         every process of it, each on its part of every batch, with the objective, batches
         and random draws of one process (``batch_size`` is the whole batch); every process
         must pass the same X and ends with the same fitted estimator. ``device="cuda"`` then
-        means each process's own GPU (``LOCAL_RANK``). ``True``: the same, and an error
-        when there is no such group. ``False``: each process trains alone.
+        means each process's own GPU (``LOCAL_RANK``). A group that other code set up, or a
+        fit in another thread (threaded joblib, dask threads), leaves ``"auto"`` training
+        alone, with a warning. ``True``: data-parallel with any initialised group, from any
+        thread, one fit at a time per group, and an error when there is none. ``False``:
+        each process trains alone. If one process's fit fails, the others' end with an
+        error that names it, within the group's timeout (the ``timeout`` of
+        ``init_process_group``), and the group is destroyed.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, negatives and code sampling. With an int,
         fitting on the CPU is bit-for-bit reproducible (for a fixed torch thread count).

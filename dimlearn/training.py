@@ -260,11 +260,17 @@ def fit_net(net: DeepInfomaxNet, dataset: ArrayBatches) -> dict | None:
     A first Ctrl-C stops training at the end of the running batch (see
     :func:`~dimlearn.callbacks.deferred_sigint`); an epoch cut short by it or by the time
     budget is completed in the history (:func:`~dimlearn.callbacks.finish_history`), and a
-    warning says where a Ctrl-C stopped. Returns the description of an epoch cut short, or
-    None.
+    warning says where a Ctrl-C stopped. A second Ctrl-C stops training at once (skorch's
+    ``partial_fit`` swallows its ``KeyboardInterrupt`` and keeps the batches that finished);
+    in data-parallel training it abandons the call instead, raising ``KeyboardInterrupt``
+    again: the other processes may be waiting in a collective of the step it cut, so this
+    process cannot stop alone (:meth:`~dimlearn.distributed.Ranks.training` ends theirs).
+    Returns the description of an epoch cut short, or None.
     """
     with deferred_sigint(net.stop_request):
         net.partial_fit(dataset, None)
+        if net.stop_request.forced and net.ranks is not None:
+            raise KeyboardInterrupt  # that skorch took for a stop of this process alone
     timer = dict(net.callbacks_).get("epoch_timer")
     if len(net.history) and "dur" not in net.history[-1] and timer is not None:
         net.history.record("dur", time.time() - timer.epoch_start_time_)
@@ -296,10 +302,11 @@ def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
 def _fit_data_parallel(net, dataset, config: TrainingConfig, ranks: Ranks, frozen: set[str]):
     """:func:`fit_net` with the module wrapped in ``DistributedDataParallel`` (compiled
     around the wrapper with ``compile=True``), unwrapped again afterwards; the ``frozen``
-    parts, which no term trains, take no gradient."""
+    parts, which no term trains, take no gradient. A failure in one process ends the
+    others' fits with its error (:meth:`~dimlearn.distributed.Ranks.training`)."""
     before = net.module_
     device = torch.device(net.device)
-    with data_parallel(plain_module(net), ranks, device, frozen) as wrapped:
+    with ranks.training(), data_parallel(plain_module(net), ranks, device, frozen) as wrapped:
         net.module_ = net.torch_compile(wrapped, "module") if config.compile else wrapped
         try:
             fit_net(net, dataset)

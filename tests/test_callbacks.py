@@ -250,9 +250,7 @@ def test_max_time_cuts_an_epoch_longer_than_the_budget_at_a_batch_end(monkeypatc
     assert np.all(np.isfinite(dim.transform(small_images(n=4))))
 
 
-def test_a_budget_spent_in_the_held_out_pass_keeps_the_epoch_and_its_valid_loss(
-    monkeypatch, fast
-):
+def test_a_budget_spent_in_the_held_out_pass_keeps_the_epoch_and_its_valid_loss(monkeypatch, fast):
     # 40 rows: 30 to train on in 3 batches of 10, 10 held out in 1 batch; a second a batch.
     # The budget runs out during the held-out batch (3 s < 3.5 s <= 4 s): the epoch ends
     # whole, with the valid_loss that early stopping monitors, and training stops there
