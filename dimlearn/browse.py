@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import urllib.parse
+import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -387,7 +388,10 @@ def _map(codes: np.ndarray, method: str, metric: str, random_state: int):
                 "the UMAP map needs umap-learn: pip install 'dimlearn[umap]'"
             ) from error
         reducer = umap.UMAP(n_components=2, metric=metric, random_state=random_state)
-        xy, name = reducer.fit_transform(codes), f"UMAP of the {dims}-d codes ({metric})"
+        with warnings.catch_warnings():  # that a seed makes it use one thread: known
+            warnings.filterwarnings("ignore", "n_jobs value", UserWarning)
+            xy = reducer.fit_transform(codes)
+        name = f"UMAP of the {dims}-d codes ({metric})"
     xy = np.asarray(xy, dtype=np.float64)
     xy -= (xy.max(axis=0) + xy.min(axis=0)) / 2
     xy /= max(float(np.ptp(xy, axis=0).max()), 1e-12)

@@ -6,9 +6,11 @@ where either is missing. Set DIMLEARN_SCREENSHOTS to a folder to keep their scre
 """
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from dimlearn import load, load_images
 from dimlearn.browse import PAGE_FILES, browse, nearest_others
@@ -144,7 +147,8 @@ def test_thumbnails_of_other_layouts_and_values(tmp_path):
     assert meta["history"] == [] and meta["model"] is None and meta["classes"] is None
     assert read_data(page.parent, "names")[:3] == ["0", "1", "2"]
     grey = rng.random(size=(30, 12, 12))  # values in [0, 1]
-    page = browse(None, grey, tmp_path / "g", codes=codes, method="tsne", k=50)
+    with threadpool_limits(1):  # Barnes-Hut t-SNE's OpenMP threads crawl on a busy machine
+        page = browse(None, grey, tmp_path / "g", codes=codes, method="tsne", k=50)
     assert read_data(page.parent, "meta")["k"] == 29  # every other image
     mean = array(read_data(page.parent, "points")["colour"], "u1").reshape(-1, 3)
     np.testing.assert_allclose(mean[:, 0], grey.reshape(30, -1).mean(axis=1) * 255, atol=3)
@@ -436,3 +440,20 @@ def test_screenshots_of_the_map_at_two_zoom_levels(opened, tmp_path):
             picture.shape == (760, 1200, 3) and len(np.unique(picture.reshape(-1, 3), axis=0)) > 50
         )
     assert errors == []
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_runs_small(tmp_path):
+    # in a process of its own: Playwright's sync API runs one event loop a thread
+    argv = ["--n", "300", "--synthetic", "--fit-seconds", "1", "--loads", "1", "--name", "small"]
+    argv += ["--pan-seconds", "0.3"]
+    command = [sys.executable, "-m", "benchmarks.browse", *argv, "--out-dir", str(tmp_path)]
+    root = Path(__file__).parents[1]
+    subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=300)
+    result = json.loads((tmp_path / "small.json").read_text())
+    assert result["n"] == 300 and result["sizes"]["total"] > result["sizes"]["sprites"] > 0
+    text = (tmp_path / "small.md").read_text()
+    assert "## Folder size" in text
+    if chromium_path() is not None and importlib.util.find_spec("playwright") is not None:
+        assert "## In the browser" in text and "Console errors: 0." in text
+        assert result["browser"]["loads"][0]["first_draw_ms"] < 5000

@@ -206,9 +206,16 @@
       const image = new Image();
       entry = sheets[s] = { image, ready: false };
       image.onload = () => {
-        const ready = () => { entry.ready = true; request(); };
-        if (image.decode) image.decode().then(ready, ready);
-        else ready();
+        // an ImageBitmap keeps the sheet decoded: an <img> may be decoded again at each
+        // draw once several sheets outgrow the browser's cache of decoded images
+        const ready = (bitmap) => {
+          if (bitmap) entry.image = bitmap;
+          entry.ready = true;
+          layerVersion++;
+          request();
+        };
+        if (window.createImageBitmap) createImageBitmap(image).then(ready, () => ready(null));
+        else ready(null);
       };
       image.src = META.sprite.sheets[s].file;
     }
@@ -223,8 +230,9 @@
     const sp = META.sprite, at = spriteOf(i);
     const k = side / Math.max(sp.w, sp.h), w = sp.w * k, h = sp.h * k;
     if (border) {
+      const b = side < 24 ? 1 : 2;
       ctx.fillStyle = border;
-      ctx.fillRect(x - w / 2 - 2, y - h / 2 - 2, w + 4, h + 4);
+      ctx.fillRect(x - w / 2 - b, y - h / 2 - b, w + 2 * b, h + 2 * b);
     }
     const image = sheet(at.s);
     if (image) {
@@ -235,6 +243,71 @@
       ctx.fillStyle = `rgb(${c & 255},${(c >> 8) & 255},${(c >> 16) & 255})`;
       ctx.fillRect(x - w / 2, y - h / 2, w, h);
     }
+  }
+
+  // the images of a list on a 2-D context g, shifted by (ox, oy) CSS px: their class frames
+  // first, one path per class, then the images, sheet after sheet
+  function drawSprites(g, list, side, ox, oy) {
+    const sp = META.sprite, k = side / Math.max(sp.w, sp.h), w = sp.w * k, h = sp.h * k;
+    if (LABEL) {
+      const b = side < 24 ? 1 : 2, byClass = new Map();
+      for (const i of list) {
+        const c = LABEL[i];
+        if (!byClass.has(c)) byClass.set(c, []);
+        byClass.get(c).push(i);
+      }
+      for (const [c, members] of byClass) {
+        g.beginPath();
+        for (const i of members) {
+          g.rect(sx(i) + ox - w / 2 - b, sy(i) + oy - h / 2 - b, w + 2 * b, h + 2 * b);
+        }
+        g.fillStyle = CLASSES[c].colour;
+        g.fill();
+      }
+    }
+    list.sort((a, b) => SLOT[a] - SLOT[b]);
+    g.imageSmoothingEnabled = k < 1.999;
+    const perSheet = sp.per_sheet, cols = sp.cols;
+    for (const i of list) {
+      const slot = SLOT[i], cell = slot % perSheet;
+      const x = sx(i) + ox - w / 2, y = sy(i) + oy - h / 2;
+      const image = sheet(Math.floor(slot / perSheet));
+      if (image) {
+        g.drawImage(image, (cell % cols) * sp.w, Math.floor(cell / cols) * sp.h, sp.w, sp.h, x, y, w, h);
+      } else {
+        const c = RGB32[i];
+        g.fillStyle = `rgb(${c & 255},${(c >> 8) & 255},${(c >> 16) & 255})`;
+        g.fillRect(x, y, w, h);
+      }
+    }
+  }
+
+  // The images are drawn once onto a layer a quarter of the view larger on every side, and
+  // panning only moves that layer: drawn again when the zoom, the size, the classes shown or
+  // the sheets loaded change, or when a pan reaches its edge.
+  const layer = { canvas: document.createElement("canvas"), key: "", cx: 0, cy: 0 };
+  let layerVersion = 0; // counts changes to what the layer shows
+  function drawLayer(side) {
+    const mx = Math.ceil(W / 4), my = Math.ceil(H / 4);
+    const key = `${view.scale} ${W} ${H} ${DPR} ${layerVersion}`;
+    const dx = (layer.cx - view.cx) * view.scale, dy = (view.cy - layer.cy) * view.scale;
+    if (layer.key !== key || Math.abs(dx) > mx || Math.abs(dy) > my) {
+      const c = layer.canvas, g = c.getContext("2d");
+      c.width = Math.round((W + 2 * mx) * DPR);
+      c.height = Math.round((H + 2 * my) * DPR);
+      g.setTransform(DPR, 0, 0, DPR, 0, 0);
+      g.fillStyle = `rgb(${BACKGROUND})`;
+      g.fillRect(0, 0, W + 2 * mx, H + 2 * my);
+      const list = [];
+      const r = side / 2 / view.scale;
+      pointsIn(toMapX(-mx) - r, toMapY(H + my) - r, toMapX(W + mx) + r, toMapY(-my) + r,
+        (i) => list.push(i));
+      drawSprites(g, list, side, mx, my);
+      Object.assign(layer, { key, cx: view.cx, cy: view.cy });
+      return drawLayer(side);
+    }
+    const px = (v) => Math.round(v * DPR) / DPR; // whole device pixels: no resampling
+    ctx.drawImage(layer.canvas, px(dx - mx), px(dy - my), layer.canvas.width / DPR, layer.canvas.height / DPR);
   }
 
   // -- drawing ------------------------------------------------------------------------------
@@ -252,7 +325,9 @@
     return LABEL ? CLASS32[LABEL[i]] : RGB32[i];
   }
 
-  function drawDots(list, size) {
+  // every visible point as a square of its colour, written into the pixels; the number
+  // of points on the canvas
+  function drawDots(size) {
     const w = canvas.width, h = canvas.height;
     if (!pixels || pixels.width !== w || pixels.height !== h) {
       pixels = ctx.createImageData(w, h);
@@ -260,16 +335,22 @@
     }
     pixels32.fill(BACK32);
     const d = Math.max(1, Math.round(size * DPR)), half = d / 2;
-    const ox = (W / 2 - view.cx * view.scale) * DPR, oy = (H / 2 + view.cy * view.scale) * DPR;
-    const k = view.scale * DPR;
-    for (let n = 0; n < list.length; n++) {
-      const i = list[n];
-      const x = Math.round(ox + XY[2 * i] * k - half), y = Math.round(oy - XY[2 * i + 1] * k - half);
+    const ox = (W / 2 - view.cx * view.scale) * DPR - half;
+    const oy = (H / 2 + view.cy * view.scale) * DPR - half;
+    const k = view.scale * DPR, colours = LABEL ? null : RGB32;
+    let count = 0;
+    for (let i = 0; i < N; i++) {
+      if (!visible[i]) continue;
+      const x = Math.round(ox + XY[2 * i] * k), y = Math.round(oy - XY[2 * i + 1] * k);
       if (x < 0 || y < 0 || x + d > w || y + d > h) continue;
-      const c = colourOf(i);
-      for (let r = 0, at = y * w + x; r < d; r++, at += w) pixels32.fill(c, at, at + d);
+      const c = colours ? colours[i] : CLASS32[LABEL[i]];
+      count++;
+      for (let r = 0, at = y * w + x; r < d; r++, at += w) {
+        for (let q = at; q < at + d; q++) pixels32[q] = c;
+      }
     }
     ctx.putImageData(pixels, 0, 0);
+    return count;
   }
 
   function ring(i, side, colour, width) {
@@ -283,20 +364,20 @@
     if (!META) return;
     const started = performance.now();
     const side = spritePx();
-    const list = inView(side);
-    const images = imagesMode === "on" ||
-      (imagesMode === "auto" && side >= MIN_SPRITE_PX && list.length <= MAX_SPRITES);
+    const wanted = imagesMode === "on" || (imagesMode === "auto" && side >= MIN_SPRITE_PX);
+    const list = wanted ? inView(side) : null;
+    const images = wanted && (imagesMode === "on" || list.length <= MAX_SPRITES);
+    let count = images ? list.length : 0;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     const dot = Math.max(2, Math.min(6, Math.round(side * 0.45)));
     if (images) {
       ctx.fillStyle = `rgb(${BACKGROUND})`;
       ctx.fillRect(0, 0, canvas.width, canvas.height);
       ctx.setTransform(DPR, 0, 0, DPR, 0, 0);
-      for (const i of list) {
-        drawSprite(i, sx(i), sy(i), side, LABEL ? CLASSES[LABEL[i]].colour : null);
-      }
+      ctx.imageSmoothingEnabled = false;
+      drawLayer(side);
     } else {
-      drawDots(list, dot);
+      count = drawDots(dot);
       ctx.setTransform(DPR, 0, 0, DPR, 0, 0);
     }
     const mark = images ? side : dot;
@@ -341,10 +422,10 @@
     const ms = performance.now() - started;
     api.frames.push(ms);
     if (api.frames.length > 2000) api.frames.splice(0, 1000);
-    api.lastFrame = { ms, images, inView: list.length, sprite: side };
+    api.lastFrame = { ms, images, inView: count, sprite: side };
     const zoom = view.scale / fitScale;
     $("#status").textContent =
-      `${list.length.toLocaleString()} in view · zoom ${zoom < 10 ? zoom.toFixed(1) : zoom.toFixed(0)}x`;
+      `${count.toLocaleString()} in view · zoom ${zoom < 10 ? zoom.toFixed(1) : zoom.toFixed(0)}x`;
   }
 
   function showTip(i, x, y) {
@@ -597,6 +678,7 @@
   function updateVisible() {
     for (let i = 0; i < N; i++) visible[i] = hidden[LABEL[i]] ? 0 : 1;
     if (hover >= 0 && !visible[hover]) hover = -1;
+    layerVersion++;
     request();
   }
   function toggleClass(c) {
