@@ -17,6 +17,7 @@ and records how long each frame's drawing took, and how many sprite sheets were 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -203,6 +204,7 @@ def main(argv=None) -> None:
         sizes = folder_sizes(folder)
         n_sheets = len(list((folder / "sprites").glob("*.jpg")))
         browser = {"skipped": "no Chromium found (apt-get install chromium)"}
+        load_before = os.getloadavg()  # other work on the machine slows the browser too
         if chromium_path():
             try:
                 browser = measure_page(page, args.loads, args.pan_seconds)
@@ -226,6 +228,7 @@ def main(argv=None) -> None:
         "sizes": sizes,
         "sprite_sheets": n_sheets,
         "browser": browser,
+        "load_average_before_browser": load_before,
     }
     loads = browser.get("loads", [])
     mb = {key: value / 1e6 for key, value in sizes.items()}
@@ -234,7 +237,8 @@ def main(argv=None) -> None:
         f"# The browse page at {len(images):,} images: `{payload['command']}`",
         "",
         machine_line(info) + f"; dimlearn {info['dimlearn']}.",
-        f"Chromium {browser.get('chromium')} (headless, no GPU), Playwright {info['playwright']}."
+        f"Chromium {browser.get('chromium')} (headless, no GPU), Playwright {info['playwright']}; "
+        f"load average {load_before[0]:.1f} when the browser started."
         if loads
         else f"Browser: {browser.get('skipped')}.",
         "",

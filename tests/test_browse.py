@@ -298,8 +298,7 @@ def test_the_page_loads_from_disk_with_no_console_error(opened, expected):
     tab, errors = opened
     tab.mouse.move(600, 400)
     tab.mouse.wheel(0, -400)
-    tab.wait_for_timeout(300)  # sprite sheets load
-    assert tab.evaluate("dimBrowse.sheetsLoaded()") >= 1
+    tab.wait_for_function("dimBrowse.sheetsLoaded() >= 1")  # the sprite sheet loads
     assert errors == []
     assert tab.title() == f"dimlearn browse: {N_PHOTOS} images"
     assert tab.evaluate("dimBrowse.timing.firstDraw") < 5000

@@ -19,7 +19,7 @@
     "#c2185b", "#80807f", "#8c8c1f", "#00897b",
   ];
   const MAX_SPRITES = 6000; // above this many images in view, "auto" draws dots
-  const MIN_SPRITE_PX = 12; // below this size on screen, "auto" draws dots
+  const MIN_SPRITE_PX = 10; // below this size on screen, "auto" draws dots
   const SELECTION_GRID = 600; // thumbnails shown in the selection panel
 
   // -- data ---------------------------------------------------------------------------------
@@ -187,8 +187,12 @@
       if (t >= 1) {
         const done = flight.done;
         flight = null;
+        zoomingUntil = 0;
         if (done) done();
-      } else request();
+      } else {
+        zooming(100);
+        request();
+      }
     }
     draw();
   }
@@ -284,14 +288,25 @@
 
   // The images are drawn once onto a layer a quarter of the view larger on every side, and
   // panning only moves that layer: drawn again when the zoom, the size, the classes shown or
-  // the sheets loaded change, or when a pan reaches its edge.
-  const layer = { canvas: document.createElement("canvas"), key: "", cx: 0, cy: 0 };
+  // the sheets loaded change, or when a pan reaches its edge. While a zoom goes on (wheel,
+  // flight), the layer is scaled, and drawn again once it stops.
+  const layer = { canvas: document.createElement("canvas"), key: "", scale: 0, cx: 0, cy: 0 };
   let layerVersion = 0; // counts changes to what the layer shows
+  let zoomingUntil = 0;
   function drawLayer(side) {
+    const base = `${W} ${H} ${DPR} ${layerVersion}`;
+    const f = view.scale / layer.scale;
+    if (layer.key === base && f !== 1 && f > 0.5 && f < 2 && performance.now() < zoomingUntil) {
+      const x0 = W / 2 + (layer.cx - view.cx) * view.scale - (layer.mx + W / 2) * f;
+      const y0 = H / 2 - (layer.cy - view.cy) * view.scale - (layer.my + H / 2) * f;
+      const c = layer.canvas;
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(c, x0, y0, (c.width / DPR) * f, (c.height / DPR) * f);
+      return;
+    }
     const mx = Math.ceil(W / 4), my = Math.ceil(H / 4);
-    const key = `${view.scale} ${W} ${H} ${DPR} ${layerVersion}`;
     const dx = (layer.cx - view.cx) * view.scale, dy = (view.cy - layer.cy) * view.scale;
-    if (layer.key !== key || Math.abs(dx) > mx || Math.abs(dy) > my) {
+    if (layer.key !== base || f !== 1 || Math.abs(dx) > mx || Math.abs(dy) > my) {
       const c = layer.canvas, g = c.getContext("2d");
       c.width = Math.round((W + 2 * mx) * DPR);
       c.height = Math.round((H + 2 * my) * DPR);
@@ -303,11 +318,18 @@
       pointsIn(toMapX(-mx) - r, toMapY(H + my) - r, toMapX(W + mx) + r, toMapY(-my) + r,
         (i) => list.push(i));
       drawSprites(g, list, side, mx, my);
-      Object.assign(layer, { key, cx: view.cx, cy: view.cy });
+      Object.assign(layer, { key: base, scale: view.scale, cx: view.cx, cy: view.cy, mx, my });
       return drawLayer(side);
     }
     const px = (v) => Math.round(v * DPR) / DPR; // whole device pixels: no resampling
+    ctx.imageSmoothingEnabled = false;
     ctx.drawImage(layer.canvas, px(dx - mx), px(dy - my), layer.canvas.width / DPR, layer.canvas.height / DPR);
+  }
+
+  function zooming(ms) {
+    zoomingUntil = performance.now() + ms;
+    clearTimeout(zooming.timer);
+    zooming.timer = setTimeout(request, ms + 20); // then draw the images anew
   }
 
   // -- drawing ------------------------------------------------------------------------------
@@ -374,7 +396,6 @@
       ctx.fillStyle = `rgb(${BACKGROUND})`;
       ctx.fillRect(0, 0, canvas.width, canvas.height);
       ctx.setTransform(DPR, 0, 0, DPR, 0, 0);
-      ctx.imageSmoothingEnabled = false;
       drawLayer(side);
     } else {
       count = drawDots(dot);
@@ -815,6 +836,7 @@
     view.cx = mx - (x - W / 2) / view.scale;
     view.cy = my + (y - H / 2) / view.scale;
     flight = null;
+    zooming(150);
     request();
   }
 
@@ -981,6 +1003,7 @@
     setView(cx, cy, zoom) {
       Object.assign(view, { cx, cy, scale: clampScale(fitScale * zoom) });
       flight = null;
+      zoomingUntil = 0;
       draw();
     },
     centreOn(i, zoom) {
