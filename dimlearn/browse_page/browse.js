@@ -404,13 +404,12 @@
     const mark = images ? side : dot;
     if (selection.length) {
       ctx.beginPath();
+      const width = mark < 24 ? 1 : 2, half = mark / 2 + width;
       for (const i of selection) {
-        if (!visible[i]) continue;
-        const half = mark / 2 + 2;
-        ctx.rect(sx(i) - half, sy(i) - half, 2 * half, 2 * half);
+        if (visible[i]) ctx.rect(sx(i) - half, sy(i) - half, 2 * half, 2 * half);
       }
       ctx.strokeStyle = SELECT;
-      ctx.lineWidth = 2;
+      ctx.lineWidth = width;
       ctx.stroke();
     }
     if (current >= 0) {
