@@ -164,13 +164,13 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         raises ``ValueError``) when training uses two views, which are augmented already.
     views : {"auto", 1, 2}, default="auto"
         Views of each training sample. ``"auto"``: 2 for images, 1 for table rows (what
-        won on each in the README's benchmarks). 2 trains the way AMDIM (Bachman et al.
-        2019) does: every batch is seen as two independently augmented views, and the code
-        of each view is contrasted with the local map of the other, so the code keeps what
-        survives the augmentation (the object rather than its colour or position). Images:
-        random crop and flip, colour jitter and random greyscale; table rows: SCARF's
-        corruption of 30% of the features by other rows' values. A step then costs two
-        encoder passes.
+        won on each in the benchmarks of the documentation's Results). 2 trains the way
+        AMDIM (Bachman et al. 2019) does: every batch is seen as two independently augmented
+        views, and the code of each view is contrasted with the local map of the other, so
+        the code keeps what survives the augmentation (the object rather than its colour or
+        position). Images: random crop and flip, colour jitter and random greyscale; table
+        rows: SCARF's corruption of 30% of the features by other rows' values. A step then
+        costs two encoder passes.
     max_epochs : int, default=20
         Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
     max_time : float or None, default=None
@@ -242,8 +242,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         ``torch.compile`` the networks (skorch's ``compile``): slower to start, faster per
         step on a GPU. The fitted ``module_`` is the plain module either way.
     distributed : "auto" or bool, default="auto"
-        Data-parallel training across processes (``torchrun``; README: More than one
-        machine). ``"auto"``: when torchrun started this process into an initialised
+        Data-parallel training across processes (``torchrun``; the user guide's page "More
+        than one machine"). ``"auto"``: when torchrun started this process into an initialised
         ``torch.distributed`` process group of more than one process (``RANK`` and
         ``WORLD_SIZE`` are its rank and size there, ``LOCAL_RANK`` is set) and ``fit``
         runs in the main thread, ``fit`` and ``partial_fit`` train one model together with
@@ -517,6 +517,16 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Returns
         -------
         self : DeepInfomaxTransformer
+            The fitted estimator.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> X = np.random.default_rng(0).random((64, 8, 8))
+        >>> dim = DeepInfomaxTransformer(max_epochs=2, width=4, latent_dim=8, random_state=0)
+        >>> dim.fit(X).n_iter_, len(dim.history_)
+        (2, 2)
         """
         continued = self.warm_start and hasattr(self, "module_")
         return self._train(X, max_epochs=self.max_epochs, continued=continued)
@@ -540,6 +550,18 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Returns
         -------
         self : DeepInfomaxTransformer
+            The estimator, trained one epoch more.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> stream = np.random.default_rng(0).random((3, 64, 8, 8))  # three chunks of data
+        >>> dim = DeepInfomaxTransformer(width=4, latent_dim=8, random_state=0)
+        >>> for chunk in stream:
+        ...     dim = dim.partial_fit(chunk)
+        >>> dim.n_iter_
+        3
         """
         return self._train(X, max_epochs=1, continued=hasattr(self, "module_"), partial=True)
 
@@ -662,6 +684,16 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         features : ndarray of shape (n_samples, n_features_out), float32
             ``n_features_out`` is ``latent_dim`` for ``feature_level="code"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> X = np.random.default_rng(0).random((64, 8, 8))
+        >>> dim = DeepInfomaxTransformer(max_epochs=1, width=4, latent_dim=8, random_state=0)
+        >>> codes = dim.fit(X).transform(X)
+        >>> codes.shape, codes.dtype
+        ((64, 8), dtype('float32'))
         """
         check_is_fitted(self)
         X = self._validate_input(X, reset=False)
@@ -673,15 +705,15 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     def score(self, X, y=None) -> float:
         """Held-out local mutual information between images and their codes, in nats.
 
-        The infoNCE lower bound on I(C(x); E(x)), read by the model's own local critic:
-        X is cut, in order, into batches of about :data:`SCORE_BATCH`; each code mean is
-        scored against every position of its own image's local map and of every other image
-        in its batch, and the score is ``log(batch size)`` minus the infoNCE loss, averaged
-        over codes and positions. Higher is better; 0 is chance; the ceiling is
-        ``log(128)`` = 4.85. Its form is fixed: it does not depend on ``alpha``, ``beta``,
-        ``gamma``, ``delta``, ``prior`` or the ``mi_estimator``, ``negatives`` and
-        ``batch_size`` used in training, so ``GridSearchCV`` can compare models across
-        them without labels. It is deterministic (no code sampling).
+        The infoNCE lower bound on I(C(x); E(x)), read by the model's own local critic: X is
+        cut, in order, into batches of about :data:`~dimlearn.estimator.SCORE_BATCH` (128);
+        each code mean is scored against every position of its own image's local map and of
+        every other image in its batch, and the score is ``log(batch size)`` minus the
+        infoNCE loss, averaged over codes and positions. Higher is better; 0 is chance; the
+        ceiling is ``log(128)`` = 4.85. Its form is fixed: it does not depend on ``alpha``,
+        ``beta``, ``gamma``, ``delta``, ``prior`` or the ``mi_estimator``, ``negatives`` and
+        ``batch_size`` used in training, so ``GridSearchCV`` can compare models across them
+        without labels. It is deterministic (no code sampling).
 
         What it measures is how well a code identifies its own image's local features among
         other images', the quantity DIM maximises. Models trained with ``beta=0`` never
@@ -699,6 +731,18 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Returns
         -------
         score : float
+            The bound, in nats: 0 for codes that tell nothing, at most ``log(128)``.
+
+        Examples
+        --------
+        >>> import math
+        >>> from sklearn.datasets import load_digits
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> images = load_digits().images
+        >>> dim = DeepInfomaxTransformer(max_epochs=2, width=4, latent_dim=8, random_state=0)
+        >>> nats = dim.fit(images[:500]).score(images[500:700])  # held-out images
+        >>> bool(nats < math.log(128))  # in nats: about 0 after 2 small epochs
+        True
         """
         check_is_fitted(self)
         X = self._validate_input(X, reset=False)

@@ -21,7 +21,21 @@ class NonFiniteLossError(FloatingPointError):
 
     Raised by ``fit`` and ``partial_fit`` at the first batch whose loss is not finite,
     before the optimiser step that would spread it into the weights. A first fit leaves the
-    estimator unfitted; a continued fit leaves it exactly as it was before the call.
+    estimator unfitted; a continued fit leaves it exactly as it was before the call. The
+    message names the epoch, the batch, each term's value and what to try (a lower ``lr``,
+    the input scale).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dimlearn import DeepInfomaxTransformer, NonFiniteLossError
+    >>> X = np.random.default_rng(0).random((64, 8, 8))
+    >>> dim = DeepInfomaxTransformer(lr=1e6, max_epochs=2, width=4, latent_dim=8, random_state=0)
+    >>> try:
+    ...     dim.fit(X)
+    ... except NonFiniteLossError:
+    ...     print("stopped; fitted:", hasattr(dim, "module_"))
+    stopped; fitted: False
     """
 
 

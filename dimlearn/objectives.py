@@ -1,9 +1,9 @@
 """The Deep InfoMax objective: MI estimators and the prior term, as pure tensor functions.
 
-Notation follows the README's "The objective": ``T(pos)`` are critic scores of matched pairs
-(x_i, z_i), ``T(neg)`` of mismatched pairs (x_j, z_i) of other images j of the batch (one,
-``x_pi(i)`` with ``pi`` a derangement, or all of them). Every function here returns a scalar
-to *minimise*.
+Notation follows the documentation's page "The objective" (docs/objective.md): ``T(pos)``
+are critic scores of matched pairs (x_i, z_i), ``T(neg)`` of mismatched pairs (x_j, z_i) of
+other images j of the batch (one, ``x_pi(i)`` with ``pi`` a derangement, or all of them).
+Every function here returns a scalar to *minimise*.
 """
 
 from __future__ import annotations

@@ -51,7 +51,22 @@ class ModelFileError(ValueError):
 
     Raised for truncated or damaged files, files written by a newer dimlearn, files that
     are not dimlearn models (pickle and joblib files included), and files whose description
-    (JSON) or weights were edited into something inconsistent.
+    (JSON) or weights were edited into something inconsistent. A ``ValueError``, so code that
+    catches bad input catches it too.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dimlearn import ModelFileError, load
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "notes.safetensors"
+    ...     _ = path.write_text("not a model")
+    ...     try:
+    ...         load(path)
+    ...     except ModelFileError as error:
+    ...         print(isinstance(error, ValueError))
+    True
     """
 
 
@@ -176,6 +191,17 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
     ModelFileError
         If the file is not a dimlearn model, is truncated or damaged, was written by a newer
         dimlearn, or holds a description and weights that do not agree.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from dimlearn import DeepInfomaxTransformer, save, load
+    >>> X = np.random.default_rng(0).random((40, 8, 8))
+    >>> dim = DeepInfomaxTransformer(max_epochs=1, width=4, latent_dim=8, random_state=0).fit(X)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     loaded = load(save(dim, f"{folder}/dim.safetensors"), device="cpu")
+    >>> loaded.device, loaded.n_iter_, loaded.transform(X).shape
+    ('cpu', 1, (40, 8))
     """
     path = Path(path)
     data = path.read_bytes()

@@ -160,6 +160,7 @@ sphinx_gallery_conf = {
     "image_scrapers": ("matplotlib",),
     "capture_repr": (),
     "min_reported_time": 0,
+    "write_computation_times": False,  # its page loads DataTables from a CDN
     "download_all_examples": False,
     "show_signature": False,
     "remove_config_comments": True,

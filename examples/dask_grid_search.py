@@ -1,9 +1,14 @@
-"""User story: the same GridSearchCV over alpha, beta, gamma, run on a dask.distributed
+"""The grid search on a dask cluster
+==================================
+
+User story: the same GridSearchCV over alpha, beta, gamma, run on a dask.distributed
 cluster through joblib's Dask backend. Here the cluster is local (two worker processes on
 this machine); for several machines, connect the Client to their scheduler instead:
 ``Client("tcp://scheduler:8786")``. Needs ``pip install "dask[distributed]"``.
 
-python examples/dask_grid_search.py [--quick]
+::
+
+    python examples/dask_grid_search.py [--quick]
 """
 
 import argparse
@@ -79,6 +84,6 @@ def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":  # the guard matters: dask's worker processes import this file
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny network, one epoch")
     main(parser.parse_args().quick)

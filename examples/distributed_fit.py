@@ -1,9 +1,15 @@
-"""User story: one model trained by several processes together, on one machine's GPUs or on
+"""One model trained by several processes together (torchrun)
+===========================================================
+
+User story: one model trained by several processes together, on one machine's GPUs or on
 several machines (data-parallel, PyTorch DistributedDataParallel under torchrun).
 
 Every process runs this same script on the same data; each trains on its part of every
 batch, and the result is the model one process would fit with the whole batch. Rank 0
-prints and writes the model file; every process ends with the same fitted estimator.
+prints, draws the training curves and writes the model file; every process ends with the
+same fitted estimator.
+
+::
 
     # one process (no launcher): an ordinary fit
     python examples/distributed_fit.py [--quick]
@@ -22,12 +28,14 @@ import os
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch.distributed as dist
 from sklearn.datasets import load_digits
 
 import dimlearn
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.plot import plot_history
 
 
 def main(quick: bool, data: str | None, out: str | None) -> None:
@@ -51,6 +59,7 @@ def main(quick: bool, data: str | None, out: str | None) -> None:
         losses = ", ".join(f"{loss:.4f}" for loss in dim.loss_curve_)
         print(f"fitted on {len(X)} images by {world} process(es) in {seconds:.1f} s")
         print(f"loss per epoch: {losses}")
+        plot_history(dim)  # the loss terms per epoch
         if out is not None:
             path = dimlearn.save(dim, Path(out))
             print(f"model written to {path}")
@@ -59,9 +68,11 @@ def main(quick: bool, data: str | None, out: str | None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny network, 2 epochs")
     parser.add_argument("--data", help=".npy file of images or rows (default: digits)")
     parser.add_argument("--out", help="write the fitted model here (rank 0)")
     args = parser.parse_args()
     main(args.quick, args.data, args.out)
+    if not args.quick and int(os.environ.get("RANK", "0")) == 0:
+        plt.show()  # the training curves, in a window where there is a display

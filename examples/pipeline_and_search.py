@@ -1,11 +1,17 @@
-"""User story 1: Deep InfoMax ahead of LogisticRegression in a Pipeline, and image search
-with NearestNeighbors on the codes.
+"""Features for a classifier, and image search
+============================================
+
+User story 1: Deep InfoMax ahead of LogisticRegression in a Pipeline, and image search
+with NearestNeighbors on the codes of the fitted step, drawn by ``dimlearn.plot``.
+
+::
 
     python examples/pipeline_and_search.py [--quick]
 """
 
 import argparse
 
+import matplotlib.pyplot as plt
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -13,6 +19,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.plot import plot_neighbours
 
 
 def main(quick: bool) -> None:
@@ -34,8 +41,23 @@ def main(quick: bool) -> None:
             f"{[round(float(d), 3) for d in dist]}"
         )
 
+    # the three test digits (framed in red) and their 5 nearest training digits
+    plot_neighbours(
+        X_train.reshape(-1, 8, 8),
+        fitted.transform(X_train),
+        queries=range(3),
+        k=5,
+        labels=y_train,
+        query_images=X_test[:3].reshape(-1, 8, 8),
+        query_codes=fitted.transform(X_test[:3]),
+        query_labels=y_test[:3],
+    )
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny network, 2 epochs")
-    main(parser.parse_args().quick)
+    args = parser.parse_args()
+    main(args.quick)
+    if not args.quick:
+        plt.show()  # the figure, in a window where there is a display

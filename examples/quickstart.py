@@ -1,5 +1,11 @@
-"""The main job on data that ships with scikit-learn: fit Deep InfoMax on the 8x8 digits,
+"""Quickstart: Deep InfoMax codes of the 8x8 digits against PCA, and an image search
+=================================================================================
+
+The main job on data that ships with scikit-learn: fit Deep InfoMax on the 8x8 digits,
 compare a linear probe on its codes with PCA of the same size, and run an image search.
+Draws the search's neighbours and the training curves (``dimlearn.plot``, matplotlib).
+
+::
 
     python examples/quickstart.py            # about 30 s on 2 CPU cores
     python examples/quickstart.py --quick    # a smoke run
@@ -8,6 +14,7 @@ compare a linear probe on its codes with PCA of the same size, and run an image 
 import argparse
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
@@ -18,6 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.plot import plot_history, plot_neighbours
 
 
 def linear_probe(train_features, y_train, test_features, y_test):
@@ -52,9 +60,14 @@ def main(quick: bool) -> None:
 
     print(
         "  (PCA of the pixels is a strong baseline on 8x8 digits, and its nearest neighbours stay\n"
-        "   better there; on CIFAR-10 photos the DIM codes beat PCA-64 by 28 points: see the\n"
-        "   README's results)"
+        "   better there; on CIFAR-10 photos the DIM codes beat PCA-64 by 28 points: see\n"
+        "   Results in the documentation, docs/results)"
     )
+    if quick:
+        print(
+            "  (--quick: a tiny network trained for 2 epochs; without it the codes reach about\n"
+            "   0.97 here)"
+        )
 
     index = NearestNeighbors(n_neighbors=9, metric="cosine").fit(codes_train)
     _, neighbours = index.kneighbors(codes_test[:5])
@@ -63,8 +76,25 @@ def main(quick: bool) -> None:
         share = np.mean(y_train[row] == query)
         print(f"  {query} -> {' '.join(map(str, y_train[row]))}   ({share:.0%} same digit)")
 
+    # the same search drawn: each test digit (framed in red) and its 9 nearest training
+    # digits, titled green where a neighbour is the query's digit; then the loss curves
+    plot_neighbours(
+        X_train,
+        codes_train,
+        queries=range(5),
+        k=9,
+        labels=y_train,
+        query_images=X_test,
+        query_codes=codes_test,
+        query_labels=y_test,
+    )
+    plot_history(dim)
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny network, 2 epochs")
-    main(parser.parse_args().quick)
+    args = parser.parse_args()
+    main(args.quick)
+    if not args.quick:
+        plt.show()  # the figures, in a window where there is a display

@@ -1,10 +1,15 @@
-"""User story 3: save the fitted extractor to a model file you can ship, load it elsewhere.
+"""Saving a model, loading it elsewhere, and training on from the file
+===================================================================
+
+User story 3: save the fitted extractor to a model file you can ship, load it elsewhere.
 
 ``dimlearn.save`` writes one safetensors file (weights) with a JSON description (parameters,
 input statistics, history, versions); ``dimlearn.load`` reads it without unpickling
 anything, so a model from someone else is safe to open. The fitted state is kept on the
 CPU, so a model fitted on a GPU server loads and transforms on a laptop without one. With
 ``include_training_state=True`` the file also holds what continued training needs.
+
+::
 
     python examples/save_and_load.py [--quick]
 """
@@ -44,6 +49,6 @@ def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny network, 2 epochs")
     main(parser.parse_args().quick)

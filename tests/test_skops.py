@@ -1,5 +1,6 @@
 """A whole Pipeline saved safely: the fitted estimator pickles as plain values and numpy
-arrays, so ``skops.io`` stores and reloads it, trusting only the types the README lists."""
+arrays, so ``skops.io`` stores and reloads it, trusting only the types that the docs' table
+of model files lists (docs/user_guide/model_files.md, the row of ``skops.io.dump``)."""
 
 import pickle
 import re
@@ -17,24 +18,24 @@ from dimlearn import DeepInfomaxTransformer
 
 sio = pytest.importorskip("skops.io")
 
-README = Path(__file__).parents[1] / "README.md"
+MODEL_FILES_PAGE = Path(__file__).parents[1] / "docs" / "user_guide" / "model_files.md"
 
 
-def readme_trusted_types() -> list[str]:
-    """The types the README says to trust when loading a skops file of dimlearn's."""
-    text = README.read_text()
+def documented_trusted_types() -> list[str]:
+    """The types the docs say to trust when loading a skops file of dimlearn's."""
+    text = MODEL_FILES_PAGE.read_text()
     row = next(line for line in text.splitlines() if "skops.io.dump" in line and "|" in line)
     return re.findall(r"`(dimlearn\.[\w.]+)`", row)
 
 
 def round_trip(obj, path):
     sio.dump(obj, path)
-    assert sorted(sio.get_untrusted_types(file=path)) == sorted(readme_trusted_types())
-    return sio.load(path, trusted=readme_trusted_types())
+    assert sorted(sio.get_untrusted_types(file=path)) == sorted(documented_trusted_types())
+    return sio.load(path, trusted=documented_trusted_types())
 
 
-def test_the_readme_names_the_estimator_as_the_one_type_to_trust():
-    assert readme_trusted_types() == ["dimlearn.estimator.DeepInfomaxTransformer"]
+def test_the_docs_name_the_estimator_as_the_one_type_to_trust():
+    assert documented_trusted_types() == ["dimlearn.estimator.DeepInfomaxTransformer"]
 
 
 def test_a_pipeline_round_trips_through_skops_bit_for_bit(digit_images, fast, tmp_path):
@@ -92,7 +93,7 @@ def test_a_file_naming_a_type_outside_the_list_is_refused(digit_images, fast, tm
     sio.dump(pipe, path)
     assert f"{__name__}._Stranger" in sio.get_untrusted_types(file=path)
     with pytest.raises(Exception, match="Untrusted types found") as refused:
-        sio.load(path, trusted=readme_trusted_types())
+        sio.load(path, trusted=documented_trusted_types())
     assert type(refused.value).__name__ == "UntrustedTypesFoundException"
     with pytest.raises(Exception, match="Untrusted types found"):
         sio.load(path)  # nothing trusted: our own type is refused too

@@ -31,6 +31,20 @@ def git_dates(path: Path) -> tuple[str, str] | None:
     return (out[-1], out[0]) if out else None
 
 
+def figures_of(md: Path) -> list[Path]:
+    """The figures of a record: ``NAME_*.png`` of the record with the longest such NAME
+    (``cifar10_30min_klmean_knn_cosine.png`` is ``cifar10_30min_klmean``'s, not
+    ``cifar10_30min``'s), and a figure whose name starts the record's
+    (``time_to_quality.png`` for ``time_to_quality_defaults``)."""
+    stems = [path.stem for path in RESULTS.glob("*.md")]
+    found = []
+    for png in sorted(RESULTS.glob("*.png")):
+        owners = [stem for stem in stems if png.stem.startswith(stem + "_") or png.stem == stem]
+        if (owners and max(owners, key=len) == md.stem) or md.stem.startswith(png.stem + "_"):
+            found.append(png)
+    return found
+
+
 def record_page(md: Path) -> str:
     """The text of the page for one result file."""
     lines = md.read_text(encoding="utf-8").splitlines()
@@ -48,7 +62,7 @@ def record_page(md: Path) -> str:
     json = md.with_suffix(".json")
     if json.is_file():
         files.append(f"{{download}}`{json.name} <{relative}/{json.name}>`")
-    figures = sorted(RESULTS.glob(md.stem + "*.png"))
+    figures = figures_of(md)
     files += [f"{{download}}`{png.name} <{relative}/{png.name}>`" for png in figures]
     provenance = (
         f"Record `benchmarks/results/{md.name}`: {when}. Files: {', '.join(files)}. "
