@@ -154,7 +154,7 @@ sphinx_gallery_conf = {
     "reset_argv": "gallery_argv.example_argv",  # docs/_ext/gallery_argv.py
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
-    "within_subsection_order": "ExampleTitleSortKey",
+    "within_subsection_order": "gallery_argv.ExampleOrder",
     "doc_module": ("dimlearn",),
     "backreferences_dir": "generated/backreferences",
     "image_scrapers": ("matplotlib",),

@@ -68,7 +68,8 @@ def record_page(md: Path) -> str:
         f"Record `benchmarks/results/{md.name}`: {when}. Files: {', '.join(files)}. "
         "The command and the machine are in the text below, as the harness wrote them."
     )
-    page = [f"(record-{md.stem})=", f"# `{md.stem}`: {title}", "", provenance, "", *body]
+    page_title = f"`{md.stem}`" if title == md.stem else f"`{md.stem}`: {title}"
+    page = [f"(record-{md.stem})=", f"# {page_title}", "", provenance, "", *body]
     for png in figures:
         page += ["", f"![{png.stem}]({relative}/{png.name})"]
     return "\n".join(page) + "\n"
