@@ -21,6 +21,13 @@ Rows, by group (``--only`` takes groups; a method alone, e.g. ``simclr``, both b
   ResNet-18, each trained for the same wall time: the projection head's 64 outputs (code),
   the backbone's features and, for the ConvEncoder, its conv level.
 
+A run of some groups (``--only``) into the file of an earlier run of the same protocol
+(images, seed, budget, threads) keeps that file's other rows, so a 30-minute table (seven
+trained rows, about four hours) can be made a few groups at a time:
+
+    python -m benchmarks.peers --budget-minutes 30 --only pca kmeans dimlearn simclr
+    python -m benchmarks.peers --budget-minutes 30 --only byol moco
+
 Every trained row trains on ``--threads`` threads (2) with nothing else running: the lightly
 rows run one at a time in a subprocess of the bench environment's Python (lightly, its
 torchvision and their torch stay out of the project's environment), which gets the images
@@ -58,29 +65,17 @@ from .common import (
     load_dataset,
     machine_info,
     machine_line,
-    markdown_table,
     probe_scores,
     write_results,
 )
 from .peers_kmeans import fit_patches, kmeans_features
 from .peers_lightly import BACKBONES, METHODS
+from .peers_report import compare_with_dimlearn, markdown, merge_previous
 from .quality import probe_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 GROUPS = ["pca", "kmeans", "dimlearn", *(f"{m}-{b}" for m in METHODS for b in BACKBONES)]
-
-COLUMNS = [
-    ("features", "features"),
-    ("dims", "dims"),
-    ("linear", "linear %", "pct"),
-    ("knn10_cos", "kNN-10 cos %", "pct"),
-    ("p@10_cos", "P@10 cos %", "pct"),
-    ("seconds", "seconds", ".0f"),
-    ("epochs", "epochs", ".1f"),
-    ("steps", "steps"),
-    ("vs_dimlearn", "dimlearn - row, linear / kNN-10"),
-]
 
 
 def chosen_groups(only) -> list[str]:
@@ -243,75 +238,6 @@ def lightly_rows(rows, data, args, groups, record):
                 )
 
 
-def compare_with_dimlearn(rows) -> list[str]:
-    """Fills ``vs_dimlearn`` (dimlearn's row of the same size less this row, in points,
-    linear / kNN-10; k-means rows against the conv level) and returns a line for each row
-    ahead of dimlearn on either probe."""
-    ours = {row["dims"]: row for row in rows if row["group"] == "dimlearn"}
-    conv = next(
-        (row for row in rows if row["group"] == "dimlearn" and row["level"] == "conv"), None
-    )
-    wins = []
-    for row in rows:
-        if row["group"] == "dimlearn":
-            continue
-        ref = ours.get(row["dims"]) or (conv if row["group"] == "kmeans" else None)
-        if ref is None:
-            continue
-        diffs = [100 * (ref[key] - row[key]) for key in ("linear", "knn10_cos")]
-        text = f"{diffs[0]:+.1f} / {diffs[1]:+.1f}"
-        if ref["dims"] != row["dims"]:
-            text += f" (vs {ref['features']}, {ref['dims']}-d)"
-        ahead = " and ".join(p for p, d in zip(("linear", "kNN-10"), diffs, strict=True) if d < 0)
-        if ahead:
-            wins.append(
-                f"- {row['features']} ({row['dims']}-d) is ahead of {ref['features']} "
-                f"on {ahead}: {text}"
-            )
-            text += f" **row ahead on {ahead}**"
-        row["vs_dimlearn"] = text
-    return wins
-
-
-def markdown(payload, args) -> str:
-    info = payload["machine"]
-    lines = [
-        f"## Peers: CIFAR-10, {args.budget_minutes:g} min per trained row\n",
-        f"{payload['n_train']} training images (every feature learner fits on all of them), "
-        f"probes on {payload['n_probe']} of them and {payload['n_test']} test images, seed "
-        f"{args.seed}; training on {args.threads} threads; whole run "
-        f"{payload['wall_seconds'] / 60:.1f} min. Machine: {machine_line(info)}.",
-        f"Command: `{payload['command']}`\n",
-        "seconds: training time for trained rows (the same budget for each), end to end for "
-        "k-means (patches, whitening, k-means, encoding of the probed images) and PCA; "
-        "epochs of the training images; steps of the lightly rows (batch "
-        f"{args.batch_size}). The last column is dimlearn's row of the same size less this "
-        "row, in points (k-means rows: against dimlearn's conv level).\n",
-        markdown_table(payload["rows"], COLUMNS),
-    ]
-    wins = payload["peers_ahead"]
-    if wins:
-        lines.append("Where a peer is ahead of dimlearn:\n\n" + "\n".join(wins) + "\n")
-    elif any(row["group"] == "dimlearn" for row in payload["rows"]):
-        lines.append("No row is ahead of dimlearn's row of its size on either probe.\n")
-    lightly = payload.get("lightly")
-    if lightly:
-        v = lightly["versions"]
-        ops = "loaded" if v["torchvision_compiled_ops"] else "not loaded: the CPU torch"
-        lines.append(
-            f"lightly rows: lightly {v['lightly']}, torchvision {v['torchvision']} (compiled "
-            f"ops {ops}), torch {v['torch']}, Python {v['python']} ({lightly['python']}). "
-            "The lightly parts that ran:\n"
-        )
-        for group, row in lightly["rows"].items():
-            parts = "; ".join(row["lightly_parts"])
-            lines.append(f"- {group}: {parts}; {row['optimiser']}, {row['precision']}")
-        lines.append("")
-    for group, reason in payload["skipped"].items():
-        lines.append(f"Skipped {group}: {reason}")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=5.0)
@@ -379,14 +305,20 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "budget_minutes": args.budget_minutes,
         "threads": args.threads,
-        "wall_seconds": time.perf_counter() - start,
-        "command": command_line("benchmarks.peers", argv),
+        "commands": [
+            {
+                "command": command_line("benchmarks.peers", argv),
+                "groups": groups,
+                "wall_seconds": time.perf_counter() - start,
+            }
+        ],
         "machine": info,
-        "peers_ahead": compare_with_dimlearn(rows),
         "rows": list(rows),
         **record,
     }
-    md = write_results(args.name, payload, markdown(payload, args), args.out)
+    payload = merge_previous(payload, args.out / f"{args.name}.json", groups, GROUPS)
+    payload["peers_ahead"] = compare_with_dimlearn(payload["rows"])
+    md = write_results(args.name, payload, markdown(payload), args.out)
     print(md.read_text())
     print(f"wrote {md}")
     return 0

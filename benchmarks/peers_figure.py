@@ -3,7 +3,7 @@ minutes, one line per row over the budgets found in ``peers_*.json``.
 
 A trained row's minutes are its training time (the budget); k-means and PCA are placed at
 their end-to-end time. Colour: the method; line: the level (solid for 64-d codes);
-marker: the backbone.
+marker: the backbone; the 64-d rows thick, the wider ones thin and faded.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def style(row: dict) -> dict:
         "linestyle": LINES.get(row["level"], "-"),
         "marker": MARKERS.get(backbone, "D" if family == "dimlearn" else "^"),
         "linewidth": 2.2 if row["dims"] == 64 else 1.3,
+        "alpha": 1.0 if row["dims"] == 64 else 0.6,  # the 64-d codes are the comparison
     }
 
 

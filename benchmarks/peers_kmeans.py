@@ -110,7 +110,9 @@ def kmeans_features(prepared: dict, n_centroids: int, sets, seed: int, *, batch_
     kmeans = MiniBatchKMeans(
         n_clusters=n_centroids,
         batch_size=max(batch_size, n_centroids),
-        max_iter=10,  # passes over the patches; Coates & Ng ran 10 iterations of k-means
+        # at most 50 passes over the patches (Coates & Ng's code runs 50 iterations of
+        # k-means); MiniBatchKMeans stops sooner by its own test (max_no_improvement)
+        max_iter=50,
         n_init=1,
         random_state=seed,
     ).fit(prepared["patches"])

@@ -152,6 +152,7 @@ class Peer(nn.Module):
 
     def __init__(self, method: str, backbone: str, image_shape):
         super().__init__()
+        import_torchvision()  # before lightly: lightly.loss imports torchvision.ops
         from lightly.loss import NegativeCosineSimilarity, NTXentLoss
         from lightly.models.modules import (
             BYOLPredictionHead,
@@ -314,6 +315,7 @@ def train(peer, X, transform, budget_s, *, batch_size, seed, precision, workers)
 def features(peer, X, batch_size: int = 256) -> dict:
     """Every level's features of uint8 images, in eval mode, normalised as lightly's
     test transform does (ToTensor, then ImageNet mean and std)."""
+    import_torchvision()
     from lightly.transforms.utils import IMAGENET_NORMALIZE
 
     mean = torch.tensor(IMAGENET_NORMALIZE["mean"]).view(1, 3, 1, 1)

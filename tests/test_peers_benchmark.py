@@ -120,6 +120,19 @@ def test_rows_without_lightly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_run_of_some_groups_keeps_the_other_rows_of_the_same_protocol(tmp_path, monkeypatch):
+    kmeans = ["--kmeans-centroids", "4", "--kmeans-patches", "500"]
+    run_peers(tmp_path, monkeypatch, "--only", "kmeans", *kmeans)
+    payload = run_peers(tmp_path, monkeypatch, "--only", "pca")
+    groups = [row["group"] for row in payload["rows"]]
+    assert groups == ["pca", "kmeans", "kmeans"]  # in the table's order
+    assert [c["groups"] for c in payload["commands"]] == [["kmeans"], ["pca"]]
+    payload = run_peers(tmp_path, monkeypatch, "--only", "kmeans", *kmeans, "--seed", "1")
+    assert [row["group"] for row in payload["rows"]] == ["kmeans", "kmeans"]  # another protocol
+    assert "Command: `python -m benchmarks.peers" in (tmp_path / "tiny.md").read_text()
+
+
+@pytest.mark.slow
 def test_lightly_rows_are_skipped_with_a_reason_without_the_bench_env(tmp_path, monkeypatch):
     monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
     missing = tmp_path / "no-venv" / "python"
