@@ -35,8 +35,8 @@ through temporary .npy files and hands back the features; this process then prob
 Probes as ``benchmarks.quality``: StandardScaler + LogisticRegression, kNN-10 by cosine,
 P@10, on the training images the probes see and the test images; nothing here chose any
 setting. Writes ``benchmarks/results/<name>.json`` and ``.md`` (default name
-``peers_<budget>min``); ``--figure`` draws every ``peers_*.json`` into
-``peers_time_to_quality.png``.
+``peers_<budget>min``); ``--figure`` draws every ``peers_*.json`` into ``peers.png`` (a
+prefix of the records' names, so the docs' record pages show it with each of them).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def load_runs(results_dir: Path) -> list[dict]:
     return sorted(runs, key=lambda run: run["budget_minutes"])
 
 
-def draw(results_dir: Path, out_name: str = "peers_time_to_quality.png") -> Path:
+def draw(results_dir: Path, out_name: str = "peers.png") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
