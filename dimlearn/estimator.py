@@ -75,10 +75,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     Inputs may be images, ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``, in uint8 or
     float; flat images ``(n, H*W*C)`` with ``image_shape`` given; or any other 2-D numeric
-    data, which gets a small MLP encoder. Every input is standardised per channel (images)
-    or per feature (tabular rows) with the mean and standard deviation of the data passed to
-    ``fit``, inside the estimator, identically in ``fit`` and ``transform``; no external
-    scaling is needed, and uint8 and float images of the same pictures give the same model.
+    data, whose rows get the feature-token encoder (``tabular_encoder``). Every input is
+    standardised per channel (images) or per feature (tabular rows) with the mean and
+    standard deviation of the data passed to ``fit``, inside the estimator, identically in
+    ``fit`` and ``transform``; no external scaling is needed, and uint8 and float images of
+    the same pictures give the same model.
 
     Parameters
     ----------
