@@ -288,7 +288,10 @@ class Ranks:
 
     def _end_group(self) -> None:
         with contextlib.suppress(Exception):  # already destroyed, or never usable again
-            dist.destroy_process_group(self.group)
+            if "nccl" in self.backend:  # NCCL's destroy can wait for work it launched
+                dist.distributed_c10d._abort_process_group(self.group)
+            else:
+                dist.destroy_process_group(self.group)
 
 
 FAILURE_POST_WAIT = 1.0
