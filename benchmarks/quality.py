@@ -10,7 +10,8 @@ raw pixels, PCA of the same size and the untrained encoder, plus a KNN figure),
 ``ablation`` (claim 2: global only, local only and both, each with and without the prior),
 ``variants`` (negatives, critic form and MI estimator, each at the same budget) and
 ``options`` (prior forms, local-local MI, LR schedule and early stopping, each added to the
-defaults) and ``ideas`` (changes to the defaults for more quality per CPU minute).
+defaults), ``ideas`` (changes to the defaults for more quality per CPU minute) and ``flips``
+(today's defaults with and without mirrored views, next to PCA-64; for one-channel images).
 ``--only LABEL ...`` runs some rows of a study.
 Writes ``benchmarks/results/<name>.json``, ``.md`` and, for baselines, ``<name>_knn_*.png``.
 """
@@ -116,6 +117,14 @@ IDEAS = [
     ("bfloat16, cosine", dict(COSINE, precision="bfloat16")),
     ("bfloat16, two views, cosine", dict(COSINE, precision="bfloat16", views=2)),
     ("defaults after the ideas (views, precision 'auto')", dict(views="auto", precision="auto")),
+]
+
+# flips on one-channel images (issue 23, part 4): today's defaults, whose flip="auto" does not
+# mirror one-channel images, against the same with flips (what 0.3.0 did), next to PCA
+AUTO = dict(views="auto", precision="auto")
+FLIPS = [
+    ("defaults (flip 'auto': no flips on one channel)", dict(AUTO, flip="auto")),
+    ("defaults with flips (flip=True, as 0.3.0)", dict(AUTO, flip=True)),
 ]
 
 COLUMNS = [
@@ -228,6 +237,24 @@ def _configs_study(configs, data, args):
     return rows, {"configs": {label: {**ONE_VIEW_FLOAT32, **p} for label, p in configs}}
 
 
+def flips_study(data, args):
+    X_fit, y_fit, X_te, y_te, _ = data
+    rows_probe = probe_rows(len(X_fit), args.n_probe, args.seed)
+    flat_fit = X_fit.reshape(len(X_fit), -1)
+    pca = PCA(n_components=64, random_state=args.seed).fit(flat_fit)
+    rows = [
+        scored(
+            "PCA-64",
+            pca.transform(flat_fit[rows_probe]),
+            pca.transform(X_te.reshape(len(X_te), -1)),
+            y_fit[rows_probe],
+            y_te,
+        )
+    ]
+    more, info = _configs_study(FLIPS, data, args)
+    return rows + more, info
+
+
 def ablation_study(data, args):
     return _configs_study(ABLATION, data, args)
 
@@ -246,6 +273,7 @@ def ideas_study(data, args):
 
 STUDIES = {
     "ideas": ideas_study,
+    "flips": flips_study,
     "baselines": baselines_study,
     "ablation": ablation_study,
     "variants": variants_study,

@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -49,6 +50,7 @@ SETTINGS = [
     ("lr=3e-4", {"lr": 3e-4}),
     ("gamma=0 (no prior)", {"gamma": 0.0}),
     ("batch_size=32", {"batch_size": 32}),
+    ("flip=True (0.3.0: mirrored views)", {"flip": True}),
 ]
 
 
@@ -66,6 +68,9 @@ def scores(Z_train, y_train, Z_test, y_test) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="names of settings to run")
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[0], help="random_state of each fit; rows average"
+    )
     parser.add_argument("--name", default="small_images")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -80,27 +85,33 @@ def main(argv=None) -> int:
     ]
     settings = [s for s in SETTINGS if args.only is None or s[0] in args.only]
     for name, params in settings:
-        start = time.perf_counter()
-        dim = DeepInfomaxTransformer(random_state=0, **params).fit(X_tr)
-        seconds = time.perf_counter() - start
-        if name.startswith("defaults"):
-            twin = untrained_twin(dim, X_tr)
-            rows.append(
-                {
-                    "features": "untrained encoder: code",
-                    **scores(twin.transform(X_tr), y_tr, twin.transform(X_te), y_te),
-                }
-            )
-        row = {"features": f"DIM code, {name}", "epochs": dim.n_iter_, "fit_s": seconds}
-        rows.append({**row, **scores(dim.transform(X_tr), y_tr, dim.transform(X_te), y_te)})
-        print(rows[-1], flush=True)
+        runs = []
+        for seed in args.seeds:
+            start = time.perf_counter()
+            dim = DeepInfomaxTransformer(random_state=seed, **params).fit(X_tr)
+            seconds = time.perf_counter() - start
+            if name.startswith("defaults") and seed == args.seeds[0]:
+                twin = untrained_twin(dim, X_tr)
+                rows.append(
+                    {
+                        "features": "untrained encoder: code",
+                        **scores(twin.transform(X_tr), y_tr, twin.transform(X_te), y_te),
+                    }
+                )
+            codes = scores(dim.transform(X_tr), y_tr, dim.transform(X_te), y_te)
+            runs.append({"epochs": dim.n_iter_, "fit_s": seconds, **codes})
+            print(name, seed, runs[-1], flush=True)
+        row = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
+        rows.append({"features": f"DIM code, {name}", **row, "runs": runs})
     info = machine_info()
     command = command_line("benchmarks.small_images", argv)
     markdown = (
         f"## {args.name}\n\nCommand: `{command}`. "
         f"{machine_line(info)}; dimlearn {info['dimlearn']}.\n\nscikit-learn's digits, the "
         f"quickstart's split ({len(X_tr)} train / {len(X_te)} test), 64-d codes; the 8x8 "
-        "images get a 4x4 local map (`dimlearn.networks.conv_plan`).\n\n"
+        "images get a 4x4 local map (`dimlearn.networks.conv_plan`). DIM rows: the mean "
+        f"over random_state {', '.join(map(str, args.seeds))} (each fit's scores are in "
+        "the JSON file).\n\n"
         + markdown_table(
             rows,
             [

@@ -461,7 +461,7 @@ def _model(estimator):
         "sample_shape": list(getattr(estimator, "sample_shape_", ())),
         "epochs": getattr(estimator, "n_iter_", None),
     }
-    for name in ("precision_", "views_", "device_"):
+    for name in ("precision_", "views_", "flip_", "device_"):
         value = getattr(estimator, name, None)
         described[name.rstrip("_")] = None if value is None else str(value)
     described["weights"] = {

@@ -93,6 +93,7 @@ def _cmd_fit(args) -> None:
         gamma=args.gamma,
         augment=args.augment,
         views=args.views if args.views == "auto" else int(args.views),
+        flip={"auto": "auto", "yes": True, "no": False}[args.flip],
         precision=args.precision,
         device=args.device,
         random_state=args.seed,
@@ -101,6 +102,7 @@ def _cmd_fit(args) -> None:
     model = DeepInfomaxTransformer(**params).fit(images)
     save(model, args.out, include_training_state=args.include_training_state)
     views = "1 view" if model.views_ == 1 else f"{model.views_} views"
+    views += ", mirrored" if model.flip_ else ", not mirrored"
     print(
         f"fitted on {len(images)} images ({model.n_iter_} epochs on {model.device_}, "
         f"{model.precision_}, {views}; final loss {model.loss_curve_[-1]:.4f}); model "
@@ -297,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "1", "2"],
         default=str(defaults["views"]),
         help=f"views of each image per step; auto is 2 for images ({defaults['views']})",
+    )
+    fit.add_argument(
+        "--flip",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="mirror augmented images at random; auto: colour images yes, grey ones (--grey) no",
     )
     fit.add_argument(
         "--augment", action="store_true", help="random crops and flips of one view (--views 1)"

@@ -19,9 +19,22 @@ TERM_NAMES = ("global", "local", "prior", "local_local")
 """The loss terms, in the order of their weights ``alpha, beta, gamma, delta``."""
 
 
-ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp"}
+ADDED_SINCE_0_3 = {"flip": "auto"}
+"""Parameters that dimlearn 0.3.0 did not have, with what its model files and pickles are
+read with. It mirrored every augmented image and no table row: ``flip="auto"`` with the
+``flip_`` such a model is read with (True for images, False for rows) does the same in a
+continued fit."""
+
+ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp", **ADDED_SINCE_0_3}
 """Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
 model file or a pickle of 0.2 is read with (not today's defaults)."""
+
+
+def auto_flip(layout) -> bool:
+    """What ``flip="auto"`` resolves to for samples of ``layout``: mirror colour images,
+    not one-channel images (digits, letters, where a mirror can change the class), never
+    table rows."""
+    return layout.kind == "image" and layout.channels > 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class TrainingConfig:
     tabular_encoder: str
     augment: bool
     views: int | str
+    flip: bool | str
     max_time: float | None
     batch_size: int
     lr: float
@@ -115,10 +129,18 @@ class TrainingConfig:
                 "colour jitter, greyscale), so augment would change nothing. Set views=1 "
                 "to train one augmented view, or augment=False."
             )
+        flip = self.flip
+        if flip == "auto":
+            flip = auto_flip(layout)
+        if flip and not images:
+            raise ValueError(
+                "flip=True mirrors images, but X was read as tabular rows. Pass image_shape "
+                "for flat images, or leave flip='auto' (rows are never mirrored)."
+            )
         precision = self.precision
         if precision == "auto":  # measured on images; tables keep float32 (tiny networks)
             precision = "bfloat16" if images and native_bfloat16(device) else "float32"
-        return replace(self, views=views, precision=precision)
+        return replace(self, views=views, flip=bool(flip), precision=precision)
 
     @property
     def weights(self) -> dict[str, float]:

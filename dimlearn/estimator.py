@@ -18,7 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import fitted
-from .config import ADDED_SINCE_0_2, TrainingConfig
+from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3, TrainingConfig
 from .devices import on_device, resolve_device
 from .distributed import training_ranks
 from .fitted import FittedState
@@ -44,6 +44,7 @@ def _upgrade_0_2_pickle(state: dict) -> None:
     )
     state["module_"] = module
     state.update(views_=1, precision_=state["precision"], device_=None)  # 0.2 had no "auto"
+    state.update(flip_=state["layout_"].kind == "image")  # 0.2 mirrored every augmented image
     moments = state.get("_optimizer_state")
     if moments is not None:
         state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
@@ -160,9 +161,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     augment : bool, default=False
         Images, one view (``views=1``) only: a random crop (after reflection padding by an
         eighth of the side) and a random horizontal flip of every training image, drawn anew
-        each epoch (the Keras reference's multi-scale idea in its simplest form). Not for
-        digits or text-like images, where a mirror changes the class. Refused (``fit``
-        raises ``ValueError``) when training uses two views, which are augmented already.
+        each epoch (the Keras reference's multi-scale idea in its simplest form); the flip
+        only where ``flip`` resolves to True. Refused (``fit`` raises ``ValueError``) when
+        training uses two views, which are augmented already.
     views : {"auto", 1, 2}, default="auto"
         Views of each training sample. ``"auto"``: 2 for images, 1 for table rows (what
         won on each in the benchmarks of the documentation's Results). 2 trains the way
@@ -172,6 +173,11 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         position). Images: random crop and flip, colour jitter and random greyscale; table
         rows: SCARF's corruption of 30% of the features by other rows' values. A step then
         costs two encoder passes.
+    flip : {"auto", True, False}, default="auto"
+        Images: whether the augmented views (two views, or ``augment=True``) are mirrored
+        left to right at random, half of them. ``"auto"``: for colour images, not for
+        one-channel ones, where a mirror can change what an image is (digits, letters;
+        measured in the documentation's Results). True on table rows is refused.
     max_epochs : int, default=20
         Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
     max_time : float or None, default=None
@@ -290,9 +296,13 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     views_ : {1, 2}
         The views per sample the last training call trained (what ``views="auto"``
         resolved to); kept by a continued fit while ``views`` is ``"auto"``.
+    flip_ : bool
+        Whether the last training call mirrored augmented images (what ``flip="auto"``
+        resolved to; False for table rows); kept by a continued fit while ``flip`` is
+        ``"auto"``. Models of dimlearn 0.3.0 and older mirrored every augmented image.
     device_ : str or None
         The device the last training call ran on (``"cpu"``, ``"cuda:0"``, ...); None where
-        an older file does not say. ``history_`` holds all three for every epoch.
+        an older file does not say. ``history_`` holds all four for every epoch.
     input_mean_, input_scale_ : ndarray
         Per-channel (or per-feature) statistics used to standardise inputs.
     sample_shape_ : tuple
@@ -371,6 +381,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
         "augment": ["boolean"],
         "views": [Interval(Integral, 1, 2, closed="both"), StrOptions({"auto"})],
+        "flip": [StrOptions({"auto"}), "boolean"],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -410,6 +421,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         image_layout: str = "auto",
         augment: bool = False,
         views: int | str = "auto",
+        flip: bool | str = "auto",
         max_epochs: int = 20,
         max_time: float | None = None,
         batch_size: int = 128,
@@ -445,6 +457,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.image_layout = image_layout
         self.augment = augment
         self.views = views
+        self.flip = flip
         self.max_epochs = max_epochs
         self.max_time = max_time
         self.batch_size = batch_size
@@ -607,7 +620,12 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             if name != "device" and params[name] == "auto" and value is not None:
                 params[name] = value
         config = TrainingConfig.from_params(params).resolved(layout, device)
-        chosen = {"precision": config.precision, "views": config.views, "device": str(device)}
+        chosen = {
+            "precision": config.precision,
+            "views": config.views,
+            "flip": config.flip,
+            "device": str(device),
+        }
         if partial:  # one epoch a call, on a stream: no schedule within it
             config = dataclasses.replace(config, lr_schedule="constant")
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -805,6 +823,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 f"{version!r}; this dimlearn reads up to {_PICKLE_FORMAT}). Upgrade dimlearn "
                 "to unpickle it, or save models with dimlearn.save to share them."
             )
+        else:  # dimlearn 0.3.0 and on: what it lacked
+            for name, value in ADDED_SINCE_0_3.items():
+                state.setdefault(name, value)
         unknown = sorted(map(repr, set(state) - allowed))
         missing = sorted(set(self._get_param_names()) - set(state))
         if unknown or missing:

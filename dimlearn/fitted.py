@@ -37,11 +37,12 @@ ATTRIBUTES = {
     "random_state": "random_state_",
     "precision": "precision_",
     "views": "views_",
+    "flip": "flip_",
     "device": "device_",
 }
 """Each field of :class:`FittedState` and the estimator attribute that holds it."""
 
-RESOLVED = ("precision", "views", "device")
+RESOLVED = ("precision", "views", "flip", "device")
 """The fields that record what a training call resolved its ``"auto"`` settings to."""
 
 CACHES = ("_device_copy",)
@@ -54,8 +55,8 @@ class FittedState:
     attributes, see its docstring), and what continued training needs on top: Adam's
     moments by weight name and the RNG stream each training call draws its seed from.
     Those two are None for a model loaded without its training state. ``precision``,
-    ``views`` and ``device`` are what the last training call resolved its ``"auto"``
-    settings to (None where a file or pickle of an older dimlearn does not say).
+    ``views``, ``flip`` and ``device`` are what the last training call resolved its
+    ``"auto"`` settings to (None where a file or pickle of an older dimlearn does not say).
     """
 
     module: nn.Module
@@ -72,6 +73,7 @@ class FittedState:
     random_state: np.random.RandomState | None = None
     precision: str | None = None
     views: int | None = None
+    flip: bool | None = None
     device: str | None = None
 
     # -- on the estimator --------------------------------------------------------------
@@ -96,13 +98,14 @@ class FittedState:
 
     @property
     def chosen(self) -> dict:
-        """What the last training call resolved ``precision``, ``views`` and ``device`` to."""
+        """What the last training call resolved ``precision``, ``views``, ``flip`` and
+        ``device`` to."""
         return {field: getattr(self, field) for field in RESOLVED}
 
     def continued_by(self, module, optimizer_state, history: History, **chosen) -> FittedState:
         """This state after a training call that continued it: its history, loss curve
-        and epoch count run on; ``chosen`` (``precision``, ``views``, ``device``) are that
-        call's resolved settings."""
+        and epoch count run on; ``chosen`` (``precision``, ``views``, ``flip``, ``device``) are
+        that call's resolved settings."""
         joined = History()
         for entry in [*self.history, *history]:
             entry = dict(entry)
@@ -274,15 +277,20 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
     return state
 
 
-CHOICES = {"precision": ("float32", "bfloat16", "float16"), "views": (1, 2)}
-"""The values a fitted ``precision_`` and ``views_`` may take."""
+CHOICES = {
+    "precision": ("float32", "bfloat16", "float16"),
+    "views": (1, 2),
+    "flip": (True, False),
+}
+"""The values a fitted ``precision_``, ``views_`` and ``flip_`` may take."""
 
 
 def _chosen(fitted: dict, config: TrainingConfig, layout: Layout) -> dict:
-    """``precision``, ``views`` and ``device`` as a file or pickle records them; where it
-    does not (written by dimlearn 0.3.0 or older), what can be known from the parameters
-    (a setting that is not ``"auto"``, and ``views="auto"``, which depends on the layout
-    alone), else None."""
+    """``precision``, ``views``, ``flip`` and ``device`` as a file or pickle records them;
+    where it does not (written by dimlearn 0.3.0 or older), what can be known from the
+    parameters (a setting that is not ``"auto"``; ``views="auto"``, which depended on the
+    layout alone; ``flip``, which those versions did not have: they mirrored every augmented
+    image), else None."""
     chosen = {}
     for field, allowed in CHOICES.items():
         value = fitted.get(ATTRIBUTES[field])
@@ -290,8 +298,11 @@ def _chosen(fitted: dict, config: TrainingConfig, layout: Layout) -> dict:
             value = getattr(config, field)
             if field == "views" and value == "auto":
                 value = 2 if layout.kind == "image" else 1
+            if field == "flip":  # older files: no flip parameter (read as "auto") and flips
+                value = layout.kind == "image" and value is not False
             value = None if value == "auto" else value
-        if value is not None and (type(value) not in (str, int) or value not in allowed):
+        kinds = (bool,) if field == "flip" else (str, int)
+        if value is not None and (type(value) not in kinds or value not in allowed):
             raise ValueError(f"{ATTRIBUTES[field]} is {value!r}, not one of {list(allowed)}")
         chosen[field] = value
     device = fitted.get("device_")

@@ -67,6 +67,8 @@ class DeepInfomaxNet(NeuralNet):
     views : {1, 2}
         2: the module gets two augmented views of every training batch, stacked
         (:func:`~dimlearn.views.two_views`); held-out batches are given as two identical views.
+    flip : bool
+        Whether augmented images are mirrored at random (half of them).
     kind : {"image", "tabular"}
         What the samples are (which views suit them).
     channels_last : bool
@@ -89,6 +91,7 @@ class DeepInfomaxNet(NeuralNet):
         *args,
         augment: bool = False,
         views: int = 1,
+        flip: bool = True,
         kind: str = "image",
         channels_last: bool = False,
         generator: torch.Generator | None = None,
@@ -101,6 +104,7 @@ class DeepInfomaxNet(NeuralNet):
         super().__init__(module, *args, **kwargs)
         self.augment = augment
         self.views = views
+        self.flip = flip
         self.kind = kind
         self.channels_last = channels_last
         self.generator = generator
@@ -121,10 +125,11 @@ class DeepInfomaxNet(NeuralNet):
         order the device prefers. ``part``: which rows of the whole batch these are
         (data-parallel training), so that augmentation draws for the whole batch."""
         if self.views == 2:
-            return (
-                two_views(x, self.kind, self.generator, part) if training else x.expand(2, *x.shape)
-            )
-        x = random_crop_flip(x, self.generator, part) if training and self.augment else x
+            if not training:
+                return x.expand(2, *x.shape)
+            return two_views(x, self.kind, self.generator, part, self.flip)
+        if training and self.augment:
+            x = random_crop_flip(x, self.generator, part, self.flip)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def autocast(self):

@@ -31,7 +31,7 @@ import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .config import ADDED_SINCE_0_2, TrainingConfig
+from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3, TrainingConfig
 from .estimator import DeepInfomaxTransformer
 from .fitted import FittedState
 
@@ -407,7 +407,7 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
     """A fitted estimator from a file's JSON and tensors, every field checked."""
     if payload["estimator"] != DeepInfomaxTransformer.__name__:
         raise ModelFileError(f"it holds a {payload['estimator']!r}, not a DeepInfomaxTransformer")
-    params = dict(payload["params"])
+    params = {**ADDED_SINCE_0_3, **payload["params"]}  # what 0.3.0 lacked
     if version == 1:  # dimlearn 0.2: what it did, not today's defaults, for what it lacked
         params = {**ADDED_SINCE_0_2, **params}
     unknown = set(params) - set(DeepInfomaxTransformer().get_params())

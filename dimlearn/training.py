@@ -189,6 +189,7 @@ def build_net(
         verbose=verbose,
         augment=bool(config.augment),
         views=config.views,
+        flip=bool(config.flip),
         kind=dataset.layout.kind,
         channels_last=on_cuda and dataset.layout.kind == "image",
         generator=generators[1],

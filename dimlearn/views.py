@@ -1,12 +1,13 @@
 """Views of a training batch, drawn on its device in one vectorised step per batch.
 
-Images: a random crop after reflection padding with a horizontal flip
-(:func:`random_crop_flip`, ``augment=True``), and, for two-view training (``views=2``,
-AMDIM's form of Deep InfoMax), colour jitter and random greyscale on top
-(:func:`image_view`). Table rows: SCARF's random feature corruption (:func:`corrupt_rows`).
-Every function draws from a generator on the batch's device and, in data-parallel
-training, draws for the whole batch and keeps this process's rows (``part``, see
-:class:`~dimlearn.networks.WholeBatch`), so the draws are those of one process.
+Images: a random crop after reflection padding and a random horizontal flip where the
+estimator's ``flip`` resolved to True (:func:`random_crop_flip`, ``augment=True``), and,
+for two-view training (``views=2``, AMDIM's form of Deep InfoMax), colour jitter and random
+greyscale on top (:func:`image_view`). Table rows: SCARF's random feature corruption
+(:func:`corrupt_rows`). Every function draws from a generator on the batch's device and,
+in data-parallel training, draws for the whole batch and keeps this process's rows
+(``part``, see :class:`~dimlearn.networks.WholeBatch`), so the draws are those of one
+process.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ def _draws(part, n: int):
 
 
 def random_crop_flip(
-    images: torch.Tensor, generator: torch.Generator | None = None, part=None
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    part=None,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Random crop after reflection padding, and a random horizontal flip, per image.
 
     Pads by an eighth of the side (4 px on 32x32, the usual CIFAR setting), crops back to
-    the original size at a random offset, and mirrors half of the images. Draws from
+    the original size at a random offset, and, with ``flip``, mirrors half of the images
+    (without it nothing is mirrored and no flip is drawn). Draws from
     ``generator`` (on the images' device; torch's global RNG when None). ``images`` is
     ``(B, C, H, W)``; with ``part`` (data-parallel training: which rows of a larger batch
     they are, see :class:`~dimlearn.networks.WholeBatch`) the draws are made for the whole
@@ -49,8 +54,9 @@ def random_crop_flip(
     left = torch.randint(0, 2 * pad_w + 1, (total, 1, 1), device=device, generator=generator)
     rows = top[mine] + torch.arange(h, device=device)[None, :, None]
     cols = left[mine] + torch.arange(w, device=device)[None, None, :]
-    flip = torch.rand(total, device=device, generator=generator)[mine] < 0.5
-    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
+    if flip:
+        mirrored = torch.rand(total, device=device, generator=generator)[mine] < 0.5
+        cols = torch.where(mirrored[:, None, None], cols.flip(-1), cols)
     cropped = padded[torch.arange(n, device=device)[:, None, None], :, rows, cols]  # (B,H,W,C)
     return cropped.permute(0, 3, 1, 2).contiguous()
 
@@ -92,10 +98,10 @@ def colour_jitter(
     return out
 
 
-def image_view(images: torch.Tensor, generator=None, part=None) -> torch.Tensor:
-    """One augmented view for two-view training: crop and flip, then colour jitter and
-    random greyscale."""
-    return colour_jitter(random_crop_flip(images, generator, part), generator, part)
+def image_view(images: torch.Tensor, generator=None, part=None, flip: bool = True) -> torch.Tensor:
+    """One augmented view for two-view training: crop (and flip, with ``flip``), then
+    colour jitter and random greyscale."""
+    return colour_jitter(random_crop_flip(images, generator, part, flip), generator, part)
 
 
 def corrupt_rows(
@@ -124,7 +130,11 @@ def corrupt_rows(
     return torch.where(replace, whole[donors, columns], rows)
 
 
-def two_views(batch: torch.Tensor, kind: str, generator=None, part=None) -> torch.Tensor:
-    """Two independently augmented views of a batch, stacked: ``(2, B, ...)``."""
-    view = image_view if kind == "image" else corrupt_rows
-    return torch.stack([view(batch, generator, part), view(batch, generator, part)])
+def two_views(
+    batch: torch.Tensor, kind: str, generator=None, part=None, flip: bool = True
+) -> torch.Tensor:
+    """Two independently augmented views of a batch, stacked: ``(2, B, ...)``. ``flip``
+    (images only): whether the views may be mirrored."""
+    if kind == "image":
+        return torch.stack([image_view(batch, generator, part, flip) for _ in range(2)])
+    return torch.stack([corrupt_rows(batch, generator, part) for _ in range(2)])

@@ -170,6 +170,10 @@ def test_fit_says_what_its_auto_settings_resolved_to(photos, tmp_path, capsys):
     ]
     assert main([*argv, "--precision", "float32"]) == 0
     out = capsys.readouterr().out
-    assert "on cpu, float32, 1 view;" in out
+    assert "on cpu, float32, 1 view, mirrored;" in out  # colour photos: flips
     fitted = load(path)
     assert (fitted.views_, fitted.precision_, fitted.augment) == (1, "float32", True)
+    assert (fitted.flip, fitted.flip_) == ("auto", True)
+    assert main([*argv, "--precision", "float32", "--flip", "no"]) == 0
+    assert "1 view, not mirrored;" in capsys.readouterr().out
+    assert (load(path).flip, load(path).flip_) == (False, False)

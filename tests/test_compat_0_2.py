@@ -112,6 +112,7 @@ def test_a_model_file_of_0_2_loads_with_0_2s_codes_parameters_and_epochs(expecte
     assert loaded.get_params() == params_of_0_2(record)
     assert loaded.n_iter_ == record["n_iter_"] == len(loaded.loss_curve_)
     assert (loaded.views_, loaded.precision_) == (1, "float32")  # how 0.2 trained
+    assert (loaded.flip, loaded.flip_) == ("auto", kind == "image")  # 0.2 mirrored images
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_FILES))
@@ -199,7 +200,7 @@ def test_a_fitted_pickle_of_0_2_gives_0_2s_codes_and_parameters(expected):
     assert_codes_of_0_2(codes, record)
     assert dim.get_params() == params_of_0_2(record)
     assert dim.n_iter_ == record["n_iter_"]
-    assert (dim.views_, dim.precision_) == (1, "float32")  # how 0.2 trained
+    assert (dim.views_, dim.precision_, dim.flip_) == (1, "float32", True)  # how 0.2 trained
     # pickled again by this version, it is the same model
     again = pickle.loads(pickle.dumps(dim))
     np.testing.assert_array_equal(again.transform(inputs(expected, "image")), codes)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,25 @@ def test_auto_precision_is_bfloat16_only_where_the_device_computes_it(monkeypatc
 
 
 @pytest.mark.parametrize(
+    "shape, flip",
+    [
+        ((8, 8), False),
+        ((8, 8, 1), False),
+        ((1, 8, 8), False),
+        ((8, 8, 3), True),
+        ((3, 8, 8), True),
+        ((5,), False),
+    ],
+)
+def test_auto_flip_mirrors_colour_images_only(shape, flip):
+    config = TrainingConfig.from_params(DeepInfomaxTransformer().get_params())
+    assert config.resolved(layout(shape), torch.device("cpu")).flip is flip
+    for pinned in (True, False) if len(shape) > 1 else (False,):
+        again = dataclasses.replace(config, flip=pinned)
+        assert again.resolved(layout(shape), torch.device("cpu")).flip is pinned
+
+
+@pytest.mark.parametrize(
     "params, shape, match",
     [
         ({"alpha": 0.0, "beta": 0.0}, (8, 8), "nothing rewards information"),
@@ -54,6 +74,7 @@ def test_auto_precision_is_bfloat16_only_where_the_device_computes_it(monkeypatc
         ({"augment": True}, (8, 8), "Set views=1 to train one augmented view"),
         ({"augment": True, "views": 2}, (8, 8), "Set views=1 to train one augmented view"),
         ({"delta": 0.5, "tabular_encoder": "mlp"}, (5,), "one position"),
+        ({"flip": True}, (5,), "flip=True mirrors images"),
     ],
 )
 def test_combinations_that_cannot_train_are_refused_with_the_fix(params, shape, match):
@@ -78,12 +99,16 @@ def test_the_resolved_settings_are_fitted_attributes_and_in_the_history(
     monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: native)
     X, _ = digit_images
     dim = _auto(fast).fit(X[:64])
-    assert (dim.precision_, dim.views_, dim.device_) == (precision, 2, "cpu")
+    assert (dim.precision_, dim.views_, dim.flip_, dim.device_) == (precision, 2, False, "cpu")
     assert dim.get_params()["precision"] == "auto" and dim.get_params()["views"] == "auto"
+    assert dim.get_params()["flip"] == "auto"
     for entry in dim.history_:
-        assert (entry["precision"], entry["views"], entry["device"]) == (precision, 2, "cpu")
+        chosen = (entry["precision"], entry["views"], entry["flip"], entry["device"])
+        assert chosen == (precision, 2, False, "cpu")
     tables = _auto(fast).fit(X[:64].reshape(64, -1))
-    assert (tables.precision_, tables.views_) == ("float32", 1)
+    assert (tables.precision_, tables.views_, tables.flip_) == ("float32", 1, False)
+    colour = _auto(fast).fit(np.repeat(X[:64, :, :, None], 3, axis=3))
+    assert colour.flip_ is True
 
 
 def test_the_resolved_settings_survive_model_files_and_pickles(
@@ -101,8 +126,14 @@ def test_the_resolved_settings_survive_model_files_and_pickles(
         dimlearn.load(dimlearn.save(dim, tmp_path / "dim.safetensors")),
         pickle.loads(pickle.dumps(dim)),
     ):
-        assert (copy.precision_, copy.views_, copy.device_) == ("bfloat16", 2, "cpu")
+        assert (copy.precision_, copy.views_, copy.flip_, copy.device_) == (
+            "bfloat16",
+            2,
+            False,
+            "cpu",
+        )
         assert copy.history_[-1, "precision"] == "bfloat16"
+        assert copy.history_[-1, "flip"] is False
 
 
 def test_a_continued_fit_keeps_the_choices_it_was_trained_with(
@@ -132,7 +163,8 @@ def test_a_continued_fit_keeps_the_choices_it_was_trained_with(
 def test_a_file_that_does_not_say_what_auto_resolved_to_reads_what_can_be_known(
     digit_images, fast, tmp_path
 ):
-    """Files of dimlearn 0.3.0 have no precision_, views_ or device_."""
+    """Files of dimlearn 0.3.0 have no precision_, views_, flip_ or device_, nor the flip
+    parameter (they mirrored every augmented image)."""
     import json
 
     from safetensors import safe_open
@@ -147,13 +179,31 @@ def test_a_file_that_does_not_say_what_auto_resolved_to_reads_what_can_be_known(
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         metadata = handle.metadata()
     payload = json.loads(metadata["dimlearn"])
-    for name in ("precision_", "views_", "device_"):
+    for name in ("precision_", "views_", "flip_", "device_"):
         del payload["fitted"][name]
+    del payload["params"]["flip"]
     metadata["dimlearn"] = json.dumps(payload)
     metadata["sha256"] = _digest(tensors, f"{metadata['format_version']}|{metadata['dimlearn']}")
     save_file(tensors, str(path), metadata=metadata)
     older = dimlearn.load(path)
-    assert (older.precision_, older.views_, older.device_) == (None, 2, None)
+    assert (older.precision_, older.views_, older.flip_, older.device_) == (None, 2, True, None)
     with pytest.warns(UserWarning, match="Adam starts afresh"):
         older.set_params(precision="float32", warm_start=True).fit(X[:64])
     assert older.precision_ == "float32"
+
+
+def test_a_pickle_of_0_3_0_without_flip_reads_as_it_trained(digit_images, fast):
+    """dimlearn 0.3.0 had no ``flip`` and mirrored every augmented image: its pickles read
+    with ``flip="auto"`` and ``flip_`` True for images, False for table rows, so a continued
+    fit mirrors as that model did."""
+    X, _ = digit_images
+    for samples, expected in ((X[:64], True), (X[:64].reshape(64, -1), False)):
+        state = _auto(fast).fit(samples).__getstate__()
+        del state["flip"]
+        del state["_fitted"]["fitted"]["flip_"]
+        older = DeepInfomaxTransformer.__new__(DeepInfomaxTransformer)
+        older.__setstate__(state)
+        assert (older.flip, older.flip_) == ("auto", expected)
+        continued = older.set_params(warm_start=True).fit(samples)
+        assert continued.flip_ is expected
+        assert continued.history_[-1, "flip"] is expected

@@ -28,6 +28,21 @@ def test_random_crop_flip_shifts_and_mirrors_within_the_padding():
     assert 0.3 < flipped < 0.7
 
 
+def test_random_crop_without_flip_never_mirrors():
+    images = (
+        torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16).repeat(64, 1, 1, 1)
+    )
+    generator = torch.Generator().manual_seed(0)
+    out = random_crop_flip(images, generator, flip=False)
+    assert not torch.equal(out, images)  # crops happened
+    centre = out[:, 0, 8, 2:-2]  # away from the reflected borders: increasing runs only
+    assert bool((centre[:, 1:] - centre[:, :-1] == 1).all())
+    # and the crop offsets are the same draws as with flips (the flips are drawn after them)
+    with_flips = random_crop_flip(images, torch.Generator().manual_seed(0), flip=True)
+    same = (with_flips[:, 0, 8, 2:-2] == centre).all(dim=1)
+    assert 0.3 < same.float().mean() < 0.7  # the unmirrored half
+
+
 def test_colour_jitter_is_linear_per_image_and_greys_some():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(200, 3, 4, 4, generator=generator)
