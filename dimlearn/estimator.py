@@ -176,8 +176,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     flip : {"auto", True, False}, default="auto"
         Images: whether the augmented views (two views, or ``augment=True``) are mirrored
         left to right at random, half of them. ``"auto"``: for colour images, not for
-        one-channel ones, where a mirror can change what an image is (digits, letters;
-        measured in the documentation's Results). True on table rows is refused.
+        one-channel ones, where a mirror can change what an image is (digits, letters:
+        without flips kNN-10 on MNIST rose from 95.7 to 98.0, Fashion-MNIST stayed level;
+        the documentation's Results). True on table rows is refused.
     max_epochs : int, default=20
         Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
     max_time : float or None, default=None
