@@ -69,8 +69,10 @@ def draw(results_dir: Path, out_name: str = "peers.png") -> Path:
                 markersize=5,
                 **style(entry["row"]),
             )
-        budgets = ", ".join(f"{run['budget_minutes']:g}" for run in runs)
-        ax.set_title(f"CIFAR-10: {title} (budgets {budgets} min)")
+        budgets = ", ".join(
+            f"{run['budget_minutes']:g} min on {run['n_train'] // 1000}k images" for run in runs
+        )
+        ax.set_title(f"CIFAR-10: {title}\n(budgets {budgets})", fontsize=11)
         ax.set_xlabel(
             f"training minutes, end to end for k-means and PCA ({runs[0]['threads']} threads)"
         )
