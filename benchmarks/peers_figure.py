@@ -70,7 +70,9 @@ def draw(results_dir: Path, out_name: str = "peers.png") -> Path:
                 **style(entry["row"]),
             )
         budgets = ", ".join(
-            f"{run['budget_minutes']:g} min on {run['n_train'] // 1000}k images" for run in runs
+            f"{run['budget_minutes']:g} min"
+            + (f" on {run['n_train'] // 1000}k images" if "n_train" in run else "")
+            for run in runs
         )
         ax.set_title(f"CIFAR-10: {title}\n(budgets {budgets})", fontsize=11)
         ax.set_xlabel(

@@ -189,7 +189,14 @@ def test_figure_draws_every_row_over_the_budgets(tmp_path):
         ]
         for i, row in enumerate(rows):
             row.update(linear=0.3 + 0.1 * i + offset, knn10_cos=0.3 + offset)
-        return {"study": "peers", "budget_minutes": budget, "threads": 2, "rows": rows}
+        n_train = 10_000 if budget <= 5 else 50_000
+        return {
+            "study": "peers",
+            "budget_minutes": budget,
+            "n_train": n_train,
+            "threads": 2,
+            "rows": rows,
+        }
 
     for budget, offset in ((5, 0.0), (15, 0.05)):
         (tmp_path / f"peers_{budget}min.json").write_text(json.dumps(run(budget, offset)))
