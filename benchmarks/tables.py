@@ -1,7 +1,7 @@
 """Tables: DIM codes of tabular rows against PCA of the same size, 3-fold.
 
-    python -m benchmarks.tables                      # every setting, about 10 minutes
-    python -m benchmarks.tables --only defaults      # one setting
+    python -m benchmarks.tables --only defaults      # one setting, every table
+    python -m benchmarks.tables --only defaults "reconstruction 3" --tables wine "breast cancer"
 
 For each table (scikit-learn's wine and breast cancer, and two ``make_classification`` sets)
 the codes are a quarter as wide as the rows (``latent_dim = round(n_features / 4)``). In each
@@ -44,6 +44,13 @@ SETTINGS = {
     "tokens, two views": {"tabular_encoder": "tokens", "views": 2},
     "tokens, 100 epochs": {"tabular_encoder": "tokens", "max_epochs": 100},
     "tokens, two views, 100 epochs": {"tabular_encoder": "tokens", "views": 2, "max_epochs": 100},
+    # masked-feature reconstruction (issue 23, part 4): a self-prediction term next to local MI
+    "reconstruction 1": {"reconstruction": 1.0},
+    "reconstruction 0.3": {"reconstruction": 0.3},
+    "reconstruction 3": {"reconstruction": 3.0},
+    "reconstruction 10": {"reconstruction": 10.0},
+    "reconstruction only (alpha = beta = 0)": {"alpha": 0.0, "beta": 0.0, "reconstruction": 1.0},
+    "MLP encoder, reconstruction 1": {"tabular_encoder": "mlp", "reconstruction": 1.0},
 }
 
 
@@ -126,6 +133,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="names of settings to run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--tables", nargs="*", default=None, help="names of tables to run (default: all)"
+    )
     parser.add_argument("--name", default="tables")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -133,7 +143,8 @@ def main(argv=None) -> int:
     info = machine_info()
     start = time.perf_counter()
     seeds = tuple(args.seeds)
-    rows = [row for name, X, y in tables() for row in evaluate(name, X, y, settings, seeds)]
+    chosen = [t for t in tables() if args.tables is None or t[0] in args.tables]
+    rows = [row for name, X, y in chosen for row in evaluate(name, X, y, settings, seeds)]
     wall = time.perf_counter() - start
     command = command_line("benchmarks.tables", argv)
     markdown = (

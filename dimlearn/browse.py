@@ -59,6 +59,7 @@ _HISTORY_KEYS = (
     "train_local",
     "train_prior",
     "train_local_local",
+    "train_reconstruction",
 )
 
 
@@ -465,7 +466,7 @@ def _model(estimator):
         value = getattr(estimator, name, None)
         described[name.rstrip("_")] = None if value is None else str(value)
     described["weights"] = {
-        w: params[w] for w in ("alpha", "beta", "gamma", "delta") if w in params
+        w: params[w] for w in ("alpha", "beta", "gamma", "delta", "reconstruction") if w in params
     }
     return described
 

@@ -15,15 +15,16 @@ import torch
 from .devices import native_bfloat16
 from .networks import check_token_features
 
-TERM_NAMES = ("global", "local", "prior", "local_local")
-"""The loss terms, in the order of their weights ``alpha, beta, gamma, delta``."""
+TERM_NAMES = ("global", "local", "prior", "local_local", "reconstruction")
+"""The loss terms, in the order of their weights ``alpha, beta, gamma, delta,
+reconstruction``."""
 
 
-ADDED_SINCE_0_3 = {"flip": "auto"}
+ADDED_SINCE_0_3 = {"flip": "auto", "reconstruction": 0.0}
 """Parameters that dimlearn 0.3.0 did not have, with what its model files and pickles are
 read with. It mirrored every augmented image and no table row: ``flip="auto"`` with the
 ``flip_`` such a model is read with (True for images, False for rows) does the same in a
-continued fit."""
+continued fit; it had no reconstruction term (``reconstruction=0.0``)."""
 
 ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp", **ADDED_SINCE_0_3}
 """Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
@@ -53,13 +54,14 @@ class TrainingConfig:
     >>> from dimlearn import DeepInfomaxTransformer
     >>> config = TrainingConfig.from_params(DeepInfomaxTransformer(alpha=0.5).get_params())
     >>> config.weights
-    {'global': 0.5, 'local': 1.0, 'prior': 0.1, 'local_local': 0.0}
+    {'global': 0.5, 'local': 1.0, 'prior': 0.1, 'local_local': 0.0, 'reconstruction': 0.0}
     """
 
     alpha: float
     beta: float
     gamma: float
     delta: float
+    reconstruction: float
     prior: str
     negatives: str
     critic: str
@@ -91,10 +93,16 @@ class TrainingConfig:
         """This config for samples of ``layout`` trained on ``device``: its ``"auto"``
         choices made, and a ``ValueError`` that names the fix for a combination that cannot
         train (raised before any training starts)."""
-        if self.alpha == 0 and self.beta == 0:
+        if self.alpha == 0 and self.beta == 0 and self.reconstruction == 0:
             raise ValueError(
-                "alpha and beta are both 0, so nothing rewards information in the code. "
-                "Set alpha > 0 (global MI) or beta > 0 (local MI)."
+                "alpha, beta and reconstruction are all 0, so nothing rewards information in "
+                "the code. Set alpha > 0 (global MI) or beta > 0 (local MI)."
+            )
+        if self.reconstruction > 0 and layout.kind == "image":
+            raise ValueError(
+                f"reconstruction={self.reconstruction} rebuilds masked features of table "
+                "rows, but X was read as images. Set reconstruction=0 for images, or pass "
+                "the rows as a 2-D array without image_shape."
             )
         if self.temperature is not None and self.critic != "dot":
             raise ValueError(
@@ -124,6 +132,13 @@ class TrainingConfig:
         views = self.views
         if views == "auto":  # measured: two views win on images, lose on table rows
             views = 2 if images else 1
+        if self.reconstruction > 0 and views == 2:
+            raise ValueError(
+                f"reconstruction={self.reconstruction} rebuilds each row from the code of a "
+                "corrupted copy of it, which needs the rows themselves, but views=2 trains "
+                "on two corrupted copies only. Set views=1 (or 'auto', one view for rows), "
+                "or reconstruction=0."
+            )
         if self.augment and views == 2:
             raise ValueError(
                 "augment=True crops and flips the one view of views=1, but training would "
@@ -147,7 +162,7 @@ class TrainingConfig:
     @property
     def weights(self) -> dict[str, float]:
         """Each loss term's weight, by :data:`TERM_NAMES`."""
-        values = (self.alpha, self.beta, self.gamma, self.delta)
+        values = (self.alpha, self.beta, self.gamma, self.delta, self.reconstruction)
         return dict(zip(TERM_NAMES, values, strict=True))
 
     @property

@@ -66,8 +66,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     information between its inputs and their codes.
 
     ``fit`` trains an encoder, a global critic and a local critic jointly (through skorch) on
-    ``alpha * global MI + beta * local MI + gamma * prior (+ delta * local-local MI)`` with
-    a reparameterised Gaussian code. The Keras reference's objective (Jensen-Shannon
+    ``alpha * global MI + beta * local MI + gamma * prior (+ delta * local-local MI,
+    + reconstruction * masked-feature reconstruction on table rows)`` with a
+    reparameterised Gaussian code. The Keras reference's objective (Jensen-Shannon
     estimator, one shuffled in-batch negative, concatenate-and-score critics, KL summed over
     code dimensions; see References) is available through ``negatives``, ``critic``,
     ``mi_estimator`` and ``prior``; the defaults use the DIM paper's stronger choices and a
@@ -99,6 +100,14 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         other positions of its own image (positive) and with other images of the batch
         (negatives, as set by ``negatives``). Needs a local map of 2 or more positions, so
         images only.
+    reconstruction : float, default=0.0
+        Table rows only: weight of a masked-feature reconstruction term (a self-prediction
+        objective, as VIME's): each row's features are corrupted as in SCARF (30% of them
+        replaced by other rows' values), encoded, and a small decoder trained with the
+        encoder gives back the row's standardised values from the code mean (mean squared
+        error). The decoder is kept in fitted models for continued fits only. With
+        ``reconstruction > 0``, ``alpha`` and ``beta`` may both be 0 (a denoising
+        autoencoder). Needs one view (``views=1`` or ``"auto"``).
     prior : {"kl", "kl_mean", "adversarial"}, default="kl_mean"
         How the prior term (weight ``gamma``) matches codes to N(0, I). ``"kl"``: the KL
         divergence of the Gaussian code to N(0, I), summed over code dimensions (the VAE's
@@ -369,6 +378,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "beta": [Interval(Real, 0, None, closed="left")],
         "gamma": [Interval(Real, 0, None, closed="left")],
         "delta": [Interval(Real, 0, None, closed="left")],
+        "reconstruction": [Interval(Real, 0, None, closed="left")],
         "prior": [StrOptions({"kl", "kl_mean", "adversarial"})],
         "negatives": [StrOptions({"shuffle", "all"})],
         "critic": [StrOptions({"concat", "dot"})],
@@ -409,6 +419,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         beta: float = 1.0,
         gamma: float = 0.1,
         delta: float = 0.0,
+        reconstruction: float = 0.0,
         prior: str = "kl_mean",
         negatives: str = "all",
         critic: str = "dot",
@@ -445,6 +456,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.beta = beta
         self.gamma = gamma
         self.delta = delta
+        self.reconstruction = reconstruction
         self.prior = prior
         self.negatives = negatives
         self.critic = critic

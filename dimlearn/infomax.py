@@ -20,12 +20,21 @@ from .networks import (
     LocalLocalCritic,
     MLPEncoder,
     PriorDiscriminator,
+    RowDecoder,
     TokenEncoder,
     WholeBatch,
     fold_old_biases,
     split_pairs,
 )
-from .objectives import adversarial_prior_losses, derangement, mi_loss, prior_kl, sample_code
+from .objectives import (
+    adversarial_prior_losses,
+    derangement,
+    mi_loss,
+    prior_kl,
+    reconstruction_errors,
+    sample_code,
+)
+from .views import corrupt_rows
 
 
 def contrast(critic: nn.Module, local_map, z, negatives: str, perm=None, part=None):
@@ -67,6 +76,9 @@ class DeepInfomaxModule(nn.Module):
         Views per image that :meth:`terms` receives.
     temperature : float or None
         Dot critics only: scores are cosines of the embeddings over it.
+    reconstructed_features : int or None
+        Table rows of this many features: build the decoder of the ``"reconstruction"``
+        term (each row rebuilt from the code of a SCARF-corrupted copy of it).
     """
 
     def __init__(
@@ -81,6 +93,7 @@ class DeepInfomaxModule(nn.Module):
         local_local: bool = False,
         views: int = 1,
         temperature: float | None = None,
+        reconstructed_features: int | None = None,
     ):
         super().__init__()
         self.views = views
@@ -95,6 +108,8 @@ class DeepInfomaxModule(nn.Module):
             self.local_local_critic = LocalLocalCritic(encoder.local_shape, critic_hidden)
         if prior == "adversarial":
             self.prior_discriminator = PriorDiscriminator(latent_dim, critic_hidden)
+        if reconstructed_features is not None:
+            self.decoder = RowDecoder(latent_dim, critic_hidden, reconstructed_features)
         self.negatives = negatives
         self.mi_estimator = mi_estimator
         self.prior = prior
@@ -119,7 +134,7 @@ class DeepInfomaxModule(nn.Module):
 
     def terms(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The requested loss terms (``"global"``, ``"local"``, ``"local_local"``,
-        ``"prior"``) on one batch.
+        ``"prior"``, ``"reconstruction"``) on one batch.
 
         Terms whose weight is zero are not requested, so their critics cost nothing. In
         data-parallel training ``x`` is this process's part of the batch (:attr:`part`);
@@ -127,7 +142,9 @@ class DeepInfomaxModule(nn.Module):
         :attr:`views` = 2, ``x`` stacks two views of the batch, ``(2, B, ...)``: the code of
         each view is contrasted with the other view's local map (AMDIM's form of DIM), and
         each term is the mean over the two directions (the prior and local-local terms:
-        over the two views).
+        over the two views). The reconstruction term (table rows, one view) encodes a
+        SCARF-corrupted copy of each row and asks the decoder to give back the row from
+        its code mean.
         """
         views = list(x) if self.views == 2 else [x]
         part = self.part or WholeBatch(views[0].shape[0])
@@ -174,6 +191,11 @@ class DeepInfomaxModule(nn.Module):
                     for (_, mu, logvar), z in zip(encoded, codes, strict=True)
                 ]
             )
+        if "reconstruction" in names:
+            rows = views[0]
+            _, mu, _ = self.encoder(corrupt_rows(rows, draw, self.part))
+            errors = reconstruction_errors(self.decoder(mu), rows)
+            out["reconstruction"] = part.gather(errors).mean()
         return out
 
     def _prior(self, mu, logvar, z, part, normal_draws):
@@ -196,7 +218,7 @@ ALWAYS_KEPT = ("encoder", "local_critic")
 """The parts every fitted model keeps: what ``transform`` (the encoder) and ``score`` (the
 local critic) read."""
 
-OPTIONAL_PARTS = ("global_critic", "local_local_critic", "prior_discriminator")
+OPTIONAL_PARTS = ("global_critic", "local_local_critic", "prior_discriminator", "decoder")
 """Parts kept only while a term trains them: a part no term trains keeps its random initial
 weights, so keeping it would only make model files larger."""
 
@@ -204,7 +226,8 @@ weights, so keeping it would only make model files larger."""
 def trained_parts(config: TrainingConfig) -> set[str]:
     """The parts of the module that the loss of ``config`` trains (the table of which part
     each term needs: global -> global critic, local -> local critic, local-local -> its
-    critic, an adversarial prior -> the discriminator; every term trains the encoder)."""
+    critic, an adversarial prior -> the discriminator, reconstruction -> the decoder; every
+    term trains the encoder)."""
     weights = config.weights
     parts = {"encoder"}
     if weights["global"] > 0:
@@ -215,6 +238,8 @@ def trained_parts(config: TrainingConfig) -> set[str]:
         parts.add("local_local_critic")
     if weights["prior"] > 0 and config.prior == "adversarial":
         parts.add("prior_discriminator")
+    if weights["reconstruction"] > 0:
+        parts.add("decoder")
     return parts
 
 
@@ -253,6 +278,9 @@ def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
         local_local=config.delta > 0,
         views=config.views if isinstance(config.views, int) else 1,  # "auto": not training
         temperature=config.temperature,
+        reconstructed_features=(
+            layout.channels if config.reconstruction > 0 and layout.kind == "tabular" else None
+        ),
     )
 
 

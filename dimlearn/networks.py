@@ -582,6 +582,20 @@ class PriorDiscriminator(nn.Module):
         return torch.func.functional_call(self, weights, (z,))
 
 
+class RowDecoder(nn.Module):
+    """The masked-feature reconstruction head of table rows: an MLP from a code back to the
+    row's ``n_features`` standardised values (training only; not used by ``transform``)."""
+
+    def __init__(self, latent_dim: int, hidden: int, n_features: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_features)
+        )
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code)
+
+
 def split_pairs(full: torch.Tensor, offset: int = 0):
     """Split all-pairs scores ``full[i, j, ...]`` (code or position i against image j) into
     the matched pairs ``(b, ...)`` and the mismatched ones ``(b, B - 1, ...)``.

@@ -113,7 +113,8 @@ def mi_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str =
 
 class DeepInfomaxLoss(nn.Module):
     """The training criterion: ``alpha * global + beta * local + gamma * prior + delta *
-    local_local``, from the terms a batch's forward pass returns.
+    local_local + reconstruction * reconstruction``, from the terms a batch's forward pass
+    returns.
 
     Terms of weight 0 are not requested from the module at all (:attr:`active_terms`), so
     their critics cost nothing.
@@ -138,6 +139,25 @@ class DeepInfomaxLoss(nn.Module):
 
     def forward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[name] * value for name, value in terms.items())
+
+
+def reconstruction_errors(predicted: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Per-row mean squared error, in float32, of rows reconstructed from the codes of their
+    corrupted copies: the masked-feature reconstruction term (VIME's and the self-prediction
+    objectives' of Rubachev et al., 2022) before its mean over the batch.
+
+    Parameters
+    ----------
+    predicted, rows : Tensor of shape (B, n_features)
+        The decoder's output and the standardised rows before corruption.
+
+    Examples
+    --------
+    >>> import torch
+    >>> reconstruction_errors(torch.zeros(2, 4), torch.ones(2, 4)).tolist()
+    [1.0, 1.0]
+    """
+    return (predicted.float() - rows.float()).pow(2).mean(dim=1)
 
 
 def prior_kl(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -34,6 +34,7 @@ _PANELS = {  # history keys drawn together: panel title, weight parameter of the
     ("train_local",): ("local MI", "beta"),
     ("train_prior",): ("prior", "gamma"),
     ("train_local_local",): ("local-local MI", "delta"),
+    ("train_reconstruction",): ("masked-feature reconstruction", "reconstruction"),
 }
 _SAME, _OTHER = "tab:green", "tab:red"  # a neighbour's label is its query's, or not
 

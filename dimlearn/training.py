@@ -243,8 +243,9 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: se
     if untrained:
         notes.append(
             f"the fitted model has no trained {', '.join(untrained)} (its term had weight 0 "
-            "when it was trained, so it was not kept): a new one, randomly initialised, is "
-            "trained from here on next to the fitted encoder"
+            "when it was trained, or the model was saved without include_training_state="
+            "True, so it was not kept): a new one, randomly initialised, is trained from "
+            "here on next to the fitted encoder"
         )
     if fitted.optimizer_state is None:
         notes.append(

@@ -15,7 +15,7 @@ def test_the_config_holds_the_parameters_of_the_same_names():
     config = TrainingConfig.from_params(params)
     for field in dataclasses.fields(config):
         assert getattr(config, field.name) == params[field.name]
-    assert config.weights == dict(zip(TERM_NAMES, (0.5, 1.0, 0.1, 0.0), strict=True))
+    assert config.weights == dict(zip(TERM_NAMES, (0.5, 1.0, 0.1, 0.0, 0.0), strict=True))
     assert config.critic_hidden == 128
 
 

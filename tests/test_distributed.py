@@ -280,6 +280,11 @@ def two_process_run(tmp_path_factory):
             "data": data["tabular"],
             "params": dict(TABULAR, views=2),
         },
+        # the reconstruction term corrupts rows with donors from the whole batch
+        "reconstruction": {
+            "data": data["tabular"],
+            "params": dict(TABULAR, reconstruction=0.5),
+        },
         "unsynced": {
             "data": data["images"],
             "params": IMAGES,
@@ -313,7 +318,14 @@ def _history(est, key):
     return np.array([entry[key] for entry in est.history_ if key in entry], dtype=float)
 
 
-LOSS_KEYS = ["train_loss", "train_global", "train_local", "train_prior", "train_local_local"]
+LOSS_KEYS = [
+    "train_loss",
+    "train_global",
+    "train_local",
+    "train_prior",
+    "train_local_local",
+    "train_reconstruction",
+]
 
 
 def _steps(est) -> int:
@@ -338,7 +350,9 @@ def assert_same_training(one, two):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["images", "tabular", "two_views", "two_views_tabular"])
+@pytest.mark.parametrize(
+    "case", ["images", "tabular", "two_views", "two_views_tabular", "reconstruction"]
+)
 def test_two_processes_match_one_per_epoch_and_in_the_weights(two_process_run, case):
     one, two, ranks, _ = two_process_run[case]
     assert_same_training(one, two)
