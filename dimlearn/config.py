@@ -96,7 +96,8 @@ class TrainingConfig:
         if self.alpha == 0 and self.beta == 0 and self.reconstruction == 0:
             raise ValueError(
                 "alpha, beta and reconstruction are all 0, so nothing rewards information in "
-                "the code. Set alpha > 0 (global MI) or beta > 0 (local MI)."
+                "the code. Set alpha > 0 (global MI) or beta > 0 (local MI), or, for table "
+                "rows, reconstruction > 0."
             )
         if self.reconstruction > 0 and layout.kind == "image":
             raise ValueError(

@@ -372,7 +372,7 @@ def test_auto_device_picks_cpu_without_cuda():
 
 
 def test_no_mi_term_is_refused(no_training, fast):
-    with pytest.raises(ValueError, match="alpha and beta are both 0"):
+    with pytest.raises(ValueError, match="alpha, beta and reconstruction are all 0"):
         DeepInfomaxTransformer(**{**fast, "alpha": 0, "beta": 0}).fit(small_images())
 
 
