@@ -43,6 +43,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from .config import TERM_NAMES, WEIGHT_NAMES
 from .inputs import _guess_channels_last
 
 PAGE_FILES = ("index.html", "browse.js", "browse.css")
@@ -52,15 +53,7 @@ SHEET_SIDE = 2048
 """Sprite sheets are at most this many pixels a side (well under every browser's limit)."""
 JPEG_QUALITY = 90
 _CHUNK = 4096  # images converted at a time
-_HISTORY_KEYS = (
-    "train_loss",
-    "valid_loss",
-    "train_global",
-    "train_local",
-    "train_prior",
-    "train_local_local",
-    "train_reconstruction",
-)
+_HISTORY_KEYS = ("train_loss", "valid_loss", *(f"train_{term}" for term in TERM_NAMES))
 
 
 def browse(
@@ -465,9 +458,7 @@ def _model(estimator):
     for name in ("precision_", "views_", "flip_", "device_"):
         value = getattr(estimator, name, None)
         described[name.rstrip("_")] = None if value is None else str(value)
-    described["weights"] = {
-        w: params[w] for w in ("alpha", "beta", "gamma", "delta", "reconstruction") if w in params
-    }
+    described["weights"] = {w: params[w] for w in WEIGHT_NAMES if w in params}
     return described
 
 

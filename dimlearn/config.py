@@ -16,8 +16,10 @@ from .devices import native_bfloat16
 from .networks import check_token_features
 
 TERM_NAMES = ("global", "local", "prior", "local_local", "reconstruction")
-"""The loss terms, in the order of their weights ``alpha, beta, gamma, delta,
-reconstruction``."""
+"""The loss terms, in the order of their weights (:data:`WEIGHT_NAMES`)."""
+
+WEIGHT_NAMES = ("alpha", "beta", "gamma", "delta", "reconstruction")
+"""The estimator's parameters that weigh the terms of :data:`TERM_NAMES`, in their order."""
 
 
 ADDED_SINCE_0_3 = {"flip": "auto", "reconstruction": 0.0}
@@ -163,7 +165,7 @@ class TrainingConfig:
     @property
     def weights(self) -> dict[str, float]:
         """Each loss term's weight, by :data:`TERM_NAMES`."""
-        values = (self.alpha, self.beta, self.gamma, self.delta, self.reconstruction)
+        values = (getattr(self, name) for name in WEIGHT_NAMES)
         return dict(zip(TERM_NAMES, values, strict=True))
 
     @property
