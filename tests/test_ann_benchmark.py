@@ -99,3 +99,13 @@ def test_noisy_copies_keep_norms_roughly_and_shapes():
     assert copies.shape == (250, 64) and copies.dtype == np.float32
     cos = np.sum(ann.normalise(copies) * ann.normalise(base[rows]), axis=1)
     assert cos.min() > 0.99  # sigma * sqrt(64) = 0.08: a small perturbation
+
+
+def test_a_fast_exact_search_is_never_the_recommendation():
+    """On a fast core the chunked numpy search can pass 10x scikit-learn's brute force; it
+    is a baseline, not an index (no build time, no index size), so it is never picked."""
+    from benchmarks.ann import recommendation
+
+    exact = {"library": "numpy exact", "kind": "exact", "setting": "chunks", "recall": 1.0}
+    verdict, pick = recommendation([dict(exact, speedup_sklearn=12.0, build_s=None)])
+    assert pick is None and "No approximate index" in verdict
