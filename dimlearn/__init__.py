@@ -5,10 +5,10 @@ Public, and kept stable across releases: the names below (``__all__``), the figu
 is internal: documented, tested and used by the benchmarks, but free to change between
 releases. Reading order, from the estimator down: ``estimator`` -> ``training`` (one
 training call) -> ``net`` (the skorch net) and ``callbacks`` -> ``infomax`` (the DIM module
-and its builder) -> ``networks`` and ``objectives``; beside them ``config`` (settings),
-``fitted`` (the fitted state), ``inputs`` (arrays to batches), ``inference``,
-``distributed``, ``devices``, ``persistence`` (model files), ``images`` and ``browse``
-(the browse page, public as :func:`dimlearn.plot.browse`).
+and its builder) -> ``critics`` -> ``networks`` (the encoders), and ``objectives``; beside
+them ``config`` (settings), ``fitted`` (the fitted state), ``inputs`` (arrays to batches),
+``inference``, ``distributed``, ``devices``, ``persistence`` (model files), ``images`` and
+``browse`` (the browse page, public as :func:`dimlearn.plot.browse`).
 """
 
 __version__ = "0.3.0"

@@ -62,7 +62,7 @@ def _all_gather_rows(tensor: torch.Tensor, group) -> torch.Tensor:
 class BatchPart:
     """This process's rows of one batch, and how to gather a tensor of every process's.
 
-    The protocol of :class:`~dimlearn.networks.WholeBatch`: ``total``, ``start``, ``rows``
+    The protocol of :class:`~dimlearn.critics.WholeBatch`: ``total``, ``start``, ``rows``
     and ``gather``. Parts follow rank order, so gathering puts the rows back in the order
     of the one-process batch.
     """

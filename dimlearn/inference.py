@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .critics import split_pairs
 from .inputs import ArrayBatches
-from .networks import split_pairs
 from .objectives import infonce_mi_loss
 
 

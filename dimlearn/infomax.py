@@ -1,10 +1,10 @@
 """The Deep InfoMax module: an encoder and its critics, turning a batch into the loss terms.
 
-The networks are in :mod:`dimlearn.networks`, the estimators and the prior in
-:mod:`dimlearn.objectives`; this module pairs codes with images (positives and in-batch
-negatives) and asks each critic and estimator for its term. It also holds the builder of
-the module from a :class:`~dimlearn.config.TrainingConfig` and a layout, and the one table of
-which part of the module each loss term trains.
+The networks are in :mod:`dimlearn.networks` (encoders) and :mod:`dimlearn.critics`, the
+estimators and the prior in :mod:`dimlearn.objectives`; this module pairs codes with images
+(positives and in-batch negatives) and asks each critic and estimator for its term. It also
+holds the builder of the module from a :class:`~dimlearn.config.TrainingConfig` and a layout,
+and the one table of which part of the module each loss term trains.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ import torch
 from torch import nn
 
 from .config import TrainingConfig
-from .inputs import Layout
-from .networks import (
+from .critics import (
     CRITICS,
-    ConvEncoder,
     LocalLocalCritic,
-    MLPEncoder,
     PriorDiscriminator,
     RowDecoder,
-    TokenEncoder,
     WholeBatch,
-    fold_old_biases,
     split_pairs,
 )
+from .inputs import Layout
+from .networks import ConvEncoder, MLPEncoder, TokenEncoder, fold_old_biases
 from .objectives import (
     adversarial_prior_losses,
     derangement,

@@ -6,7 +6,7 @@ for two-view training (``views=2``, AMDIM's form of Deep InfoMax), colour jitter
 greyscale on top (:func:`image_view`). Table rows: SCARF's random feature corruption
 (:func:`corrupt_rows`). Every function draws from a generator on the batch's device and,
 in data-parallel training, draws for the whole batch and keeps this process's rows
-(``part``, see :class:`~dimlearn.networks.WholeBatch`), so the draws are those of one
+(``part``, see :class:`~dimlearn.critics.WholeBatch`), so the draws are those of one
 process.
 """
 
@@ -36,7 +36,7 @@ def random_crop_flip(
     (without it nothing is mirrored and no flip is drawn). Draws from
     ``generator`` (on the images' device; torch's global RNG when None). ``images`` is
     ``(B, C, H, W)``; with ``part`` (data-parallel training: which rows of a larger batch
-    they are, see :class:`~dimlearn.networks.WholeBatch`) the draws are made for the whole
+    they are, see :class:`~dimlearn.critics.WholeBatch`) the draws are made for the whole
     batch and these rows take theirs.
 
     Examples

@@ -66,7 +66,7 @@ nitpick_ignore_regex = [
     # dimlearn/__init__.py): references into them stay plain text
     (
         r"py:.*",
-        r"(dimlearn\.)?(estimator|training|net|callbacks|infomax|networks|objectives|config"
+        r"(dimlearn\.)?(estimator|training|net|callbacks|infomax|networks|critics|objectives|config"
         r"|fitted|inputs|inference|distributed|devices|persistence|images|views|browse)(\..*)?",
     ),
 ]

@@ -35,6 +35,7 @@ from torch import nn
 import dimlearn
 import dimlearn.distributed
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.critics import split_pairs
 from dimlearn.distributed import (
     BatchPart,
     Ranks,
@@ -43,7 +44,7 @@ from dimlearn.distributed import (
     training_ranks,
 )
 from dimlearn.inputs import ArrayBatches, ShuffledBatches, resolve_layout, split_batches
-from dimlearn.networks import batch_norm_pairs, split_pairs
+from dimlearn.networks import batch_norm_pairs
 from tests.conftest import SUM_ROUNDING, weight_tolerance
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -1,15 +1,8 @@
 import pytest
 import torch
 
-from dimlearn.networks import (
-    MAX_FLAT_WEIGHTS,
-    ConvEncoder,
-    GlobalDotCritic,
-    LocalLocalCritic,
-    MLPEncoder,
-    PriorDiscriminator,
-    TokenEncoder,
-)
+from dimlearn.critics import GlobalDotCritic, LocalLocalCritic, PriorDiscriminator
+from dimlearn.networks import MAX_FLAT_WEIGHTS, ConvEncoder, MLPEncoder, TokenEncoder
 
 
 @pytest.mark.parametrize(

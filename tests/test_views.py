@@ -96,8 +96,8 @@ def test_two_views_with_held_out_rows_score_identical_views(digit_images, fast):
 
 @pytest.mark.parametrize("temperature", [0.05, 1.0])
 def test_cosine_scores_stay_within_one_over_the_temperature(temperature):
+    from dimlearn.critics import LocalDotCritic
     from dimlearn.infomax import contrast
-    from dimlearn.networks import LocalDotCritic
 
     critic = LocalDotCritic((4, 3, 3), latent_dim=5, hidden=8, temperature=temperature)
     with torch.no_grad():
