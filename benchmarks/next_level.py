@@ -21,6 +21,13 @@ measured again through the estimator alone. The ideas:
   mean of the two scales (the DIM paper's multi-scale form, simplified).
 - ``lr 2e-3``, ``batch 256, lr 2e-3``: the larger step and the larger batch with a scaled lr.
 - ``weight decay 1e-4``: AdamW's decoupled weight decay instead of Adam.
+- ``EMA of weights``: the fitted model is an exponential moving average of the weights and
+  BatchNorm statistics over the training steps (decay 0.998).
+- ``resized crops``: the two views' crops are random-resized crops (30-100% of the area,
+  aspect 3/4 to 4/3, resized back) instead of shifts of up to an eighth of the side;
+  ``jitter 0.6``: with a stronger colour jitter too (0.6 instead of 0.4).
+- ``same-view pairs too``: each view's code is also contrasted with its own view's local map
+  (the DIM paper's pairs) beside the other view's (AMDIM's); combinations of the above.
 
 Writes ``benchmarks/results/<name>.json`` and ``.md``.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import sys
 import time
 import types
@@ -37,11 +45,15 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import dimlearn.infomax
 import dimlearn.training
+import dimlearn.views
 from dimlearn.config import TrainingConfig
-from dimlearn.networks import ConvEncoder, LocalDotCritic, conv_plan
+from dimlearn.critics import LocalDotCritic
+from dimlearn.net import plain_module
+from dimlearn.networks import ConvEncoder, conv_plan
 
 from .common import (
     DATASETS,
@@ -86,9 +98,16 @@ def tanh_clipped_scores():
 
 
 @contextlib.contextmanager
-def two_scale_local():
-    """The module gets a second local critic on the last conv layer's output; a forward hook
-    keeps that map (in training only) and the sampled codes are kept as they are drawn."""
+def extra_local_pairs(conv_scale=True, same_view=False):
+    """More local pairs in the local term, which becomes the mean of its parts:
+
+    - ``conv_scale`` (two-scale local MI): a second local critic contrasts each view's code
+      with the other view's last conv layer's map;
+    - ``same_view``: each view's code is also contrasted with its own view's local map (the
+      DIM paper's pairs, beside AMDIM's cross-view ones), by the same local critic.
+
+    Forward hooks keep the maps (in training only) and the sampled codes are kept as they
+    are drawn."""
     build = dimlearn.training.build_module
     sample = dimlearn.infomax.sample_code
     codes: list = []
@@ -98,45 +117,69 @@ def two_scale_local():
         codes.append(z)
         return z
 
-    def two_scale_terms(self, x, names):
+    def terms(self, x, names):
         codes.clear()
-        self._conv_maps = []
+        self._maps = {"local": [], "conv": []}
         out = dimlearn.infomax.DeepInfomaxModule.terms(self, x, names)
-        n = len(self._conv_maps)
-        if "local" in names and n and len(codes) == n:
-            losses = []
-            for k in range(n):
-                pos, neg = dimlearn.infomax.contrast(
-                    self.conv_critic, self._conv_maps[(k + 1) % n], codes[k], self.negatives
-                )
-                losses.append(dimlearn.infomax.mi_loss(pos, neg, self.mi_estimator))
-            out["local"] = (out["local"] + sum(losses) / n) / 2
-        self._conv_maps = []
+        n = len(codes)
+        parts = []
+        if "local" in names and n:
+            parts.append(out["local"])
+            pairs = []
+            if conv_scale:
+                pairs += [(self.conv_critic, self._maps["conv"][(k + 1) % n], k) for k in range(n)]
+            if same_view and n > 1:
+                pairs += [(self.local_critic, self._maps["local"][k], k) for k in range(n)]
+            for critic, local_map, k in pairs:
+                pos, neg = dimlearn.infomax.contrast(critic, local_map, codes[k], self.negatives)
+                parts.append(dimlearn.infomax.mi_loss(pos, neg, self.mi_estimator) / n)
+            out["local"] = parts[0] + sum(parts[1:])  # each extra set: mean over views
+            out["local"] = out["local"] / (1 + bool(conv_scale) + bool(same_view and n > 1))
+        self._maps = {"local": [], "conv": []}
         return out
 
-    def build_two_scale(config, layout):
+    def build_with_pairs(config, layout):
         module = build(config, layout)
         encoder = module.encoder
         if not isinstance(encoder, ConvEncoder):
             return module  # tables: nothing to add
-        side = conv_plan(*layout.height_width)[2]["side"]
-        module.conv_critic = LocalDotCritic(
-            (4 * config.width, *side), config.latent_dim, config.critic_hidden, config.temperature
-        )
+        if conv_scale:
+            side = conv_plan(*layout.height_width)[2]["side"]
+            module.conv_critic = LocalDotCritic(
+                (4 * config.width, *side),
+                config.latent_dim,
+                config.critic_hidden,
+                config.temperature,
+            )
 
-        def keep(_, __, output):
-            if module.training:
-                module._conv_maps.append(output)
+        def keeper(kind):
+            def keep(_, __, output):
+                if module.training:
+                    module._maps[kind].append(output)
 
-        encoder.to_fc[2].register_forward_hook(keep)
-        module._conv_maps = []
-        module.terms = types.MethodType(two_scale_terms, module)
+            return keep
+
+        encoder.to_local.register_forward_hook(keeper("local"))
+        encoder.to_fc[2].register_forward_hook(keeper("conv"))
+        module._maps = {"local": [], "conv": []}
+        module.terms = types.MethodType(terms, module)
         return module
 
     with (
-        mock.patch.object(dimlearn.training, "build_module", build_two_scale),
+        mock.patch.object(dimlearn.training, "build_module", build_with_pairs),
         mock.patch.object(dimlearn.infomax, "sample_code", kept_sample),
     ):
+        yield
+
+
+two_scale_local = extra_local_pairs
+
+
+@contextlib.contextmanager
+def combined(*contexts):
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context())
         yield
 
 
@@ -149,6 +192,76 @@ def weight_decay(value):
     assert torch.optim.Adam is adam
 
 
+EMA_DECAY = 0.998
+
+
+@contextlib.contextmanager
+def weight_ema(decay=EMA_DECAY):
+    """An exponential moving average of the weights (and BatchNorm buffers), updated after
+    every optimiser step; the fitted model takes the average at the end of training."""
+    fit = dimlearn.training.fit_net
+
+    def fit_with_ema(net, dataset):
+        module = plain_module(net)
+        average = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        step = net.train_step
+
+        def train_step(batch, **fit_params):
+            out = step(batch, **fit_params)
+            average.update_parameters(module)
+            return out
+
+        net.train_step = train_step
+        try:
+            return fit(net, dataset)
+        finally:
+            del net.train_step
+            module.load_state_dict(average.module.state_dict())
+
+    with mock.patch.object(dimlearn.training, "fit_net", fit_with_ema):
+        yield
+
+
+CROP_SCALE = (0.3, 1.0)
+
+
+def resized_crop_flip(images, generator=None, part=None, flip=True, scale=CROP_SCALE):
+    """A random crop of ``scale`` of the image's area (aspect ratio 3/4 to 4/3) resized back
+    to the image's size (bilinear, reflected at the edges), mirrored with ``flip``: the
+    random-resized crop of SimCLR and AMDIM, for a whole batch in one ``grid_sample``."""
+    n, _, h, w = images.shape
+    total = n if part is None else part.total
+    mine = slice(0, n) if part is None else part.rows
+    u = torch.rand(total, 5, device=images.device, generator=generator)[mine]
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    ratio = torch.exp(math.log(3 / 4) + math.log(16 / 9) * u[:, 1])
+    crop_w, crop_h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+    theta = torch.zeros(n, 2, 3, device=images.device)
+    theta[:, 0, 0] = torch.where((u[:, 4] < 0.5) & flip, -crop_w, crop_w)
+    theta[:, 0, 2] = (1 - crop_w) * (2 * u[:, 2] - 1)
+    theta[:, 1, 1] = crop_h
+    theta[:, 1, 2] = (1 - crop_h) * (2 * u[:, 3] - 1)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(
+        images.float(), grid, padding_mode="reflection", align_corners=False
+    )
+
+
+@contextlib.contextmanager
+def resized_crops(jitter=None):
+    """Two-view training's crops become random-resized crops; ``jitter``: a stronger colour
+    jitter than the 0.4 of :func:`dimlearn.views.colour_jitter`."""
+    patches = [mock.patch.object(dimlearn.views, "random_crop_flip", resized_crop_flip)]
+    if jitter is not None:
+        plain = dimlearn.views.colour_jitter
+        stronger = functools.partial(plain, strength=jitter)
+        patches.append(mock.patch.object(dimlearn.views, "colour_jitter", stronger))
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        yield
+
+
 IDEAS = [  # label, estimator parameters, context
     ("defaults", {}, None),
     ("narrow critic", {}, narrow_critic),
@@ -157,6 +270,25 @@ IDEAS = [  # label, estimator parameters, context
     ("lr 2e-3", dict(lr=2e-3), None),
     ("batch 256, lr 2e-3", dict(batch_size=256, lr=2e-3), None),
     ("weight decay 1e-4", {}, functools.partial(weight_decay, 1e-4)),
+    (f"EMA of weights ({EMA_DECAY})", {}, weight_ema),
+    ("resized crops", {}, resized_crops),
+    ("resized crops, jitter 0.6", {}, functools.partial(resized_crops, 0.6)),
+    ("two-scale, narrow critic", {}, functools.partial(combined, two_scale_local, narrow_critic)),
+    (
+        "same-view pairs too",
+        {},
+        functools.partial(extra_local_pairs, conv_scale=False, same_view=True),
+    ),
+    (
+        "two-scale, same-view pairs, narrow critic",
+        {},
+        functools.partial(
+            combined,
+            functools.partial(extra_local_pairs, same_view=True),
+            narrow_critic,
+        ),
+    ),
+    ("lr 5e-4", dict(lr=5e-4), None),
 ]
 
 COLUMNS = [
