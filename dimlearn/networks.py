@@ -344,18 +344,6 @@ class MLPEncoder(_Encoder):
         return hidden[:, :, None, None], mu, logvar
 
 
-MOVED_TO_CRITICS = frozenset(
-    {"GlobalCritic", "LocalCritic", "GlobalDotCritic", "LocalDotCritic", "LocalLocalCritic"}
-    | {"PriorDiscriminator", "RowDecoder", "split_pairs", "WholeBatch", "CRITICS"}
-)
-"""Names that lived in this module until the critics got one of their own
-(:mod:`dimlearn.critics`): pickles of dimlearn 0.2, which hold the networks themselves, name
-the critics' classes here, so they are still found here (a module ``__getattr__``)."""
-
-
-def __getattr__(name: str):
-    if name in MOVED_TO_CRITICS:
-        from . import critics  # critics imports this module: resolved only when asked
-
-        return getattr(critics, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Pickles of dimlearn 0.2 hold the networks themselves and name the critics' classes in this
+# module, where they lived until dimlearn.critics had them: dimlearn.critics puts those names
+# back here (LEGACY_NAMES there), so such a pickle still finds them.
