@@ -11,14 +11,15 @@ dimlearn for the duration of its row (``unittest.mock.patch``), so a row is meas
 any of it becomes product code; the ideas that win become parameters or defaults and are
 measured again through the estimator alone. The ideas:
 
-- ``narrow critic``: the local critic's hidden width and embedding 4 * width instead of
-  8 * width (its 1x1 convolutions at every local-map position cost as much arithmetic as the
-  encoder).
+- ``narrow critic``: every critic's hidden width and embedding 4 * width instead of
+  8 * width (the local critic's 1x1 convolutions at every local-map position cost as much
+  arithmetic as the encoder); now the estimator's ``critic_width``.
 - ``tanh-clipped scores``: AMDIM's ``c * tanh(s / c)`` (c = 10) on every critic score before
   infoNCE, plus 0.05 times the mean squared raw score.
 - ``two-scale local MI``: a second local critic contrasting the code with the last conv
   layer's map (4 x 4 positions of 4 * width channels on 32 x 32 images), the local term the
-  mean of the two scales (the DIM paper's multi-scale form, simplified).
+  mean of the two scales (the DIM paper's multi-scale form, simplified); now the estimator's
+  ``local_scales=2``.
 - ``lr 2e-3``, ``batch 256, lr 2e-3``: the larger step and the larger batch with a scaled lr.
 - ``weight decay 1e-4``: AdamW's decoupled weight decay instead of Adam.
 - ``EMA of weights``: the fitted model is an exponential moving average of the weights and
@@ -28,6 +29,8 @@ measured again through the estimator alone. The ideas:
   ``jitter 0.6``: with a stronger colour jitter too (0.6 instead of 0.4).
 - ``same-view pairs too``: each view's code is also contrasted with its own view's local map
   (the DIM paper's pairs) beside the other view's (AMDIM's); combinations of the above.
+- ``local_scales=2, critic_width=256``: the two that won, through the estimator's parameters
+  (no patch).
 
 Writes ``benchmarks/results/<name>.json`` and ``.md``.
 """
@@ -289,6 +292,8 @@ IDEAS = [  # label, estimator parameters, context
         ),
     ),
     ("lr 5e-4", dict(lr=5e-4), None),
+    # the two that won, as the estimator's parameters (no patch)
+    ("local_scales=2, critic_width=256", dict(local_scales=2, critic_width=256), None),
 ]
 
 COLUMNS = [

@@ -51,6 +51,8 @@ SETTINGS = [
     ("gamma=0 (no prior)", {"gamma": 0.0}),
     ("batch_size=32", {"batch_size": 32}),
     ("flip=True (0.3.0: mirrored views)", {"flip": True}),
+    ("critic_width=256", {"critic_width": 256}),
+    ("local_scales=2, critic_width=256", {"local_scales": 2, "critic_width": 256}),
 ]
 
 

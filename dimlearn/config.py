@@ -22,11 +22,12 @@ WEIGHT_NAMES = ("alpha", "beta", "gamma", "delta", "reconstruction")
 """The estimator's parameters that weigh the terms of :data:`TERM_NAMES`, in their order."""
 
 
-ADDED_SINCE_0_3 = {"flip": "auto", "reconstruction": 0.0}
+ADDED_SINCE_0_3 = {"flip": "auto", "reconstruction": 0.0, "local_scales": 1, "critic_width": None}
 """Parameters that dimlearn 0.3.0 did not have, with what its model files and pickles are
 read with. It mirrored every augmented image and no table row: ``flip="auto"`` with the
 ``flip_`` such a model is read with (True for images, False for rows) does the same in a
-continued fit; it had no reconstruction term (``reconstruction=0.0``)."""
+continued fit; it had no reconstruction term (``reconstruction=0.0``), one local map
+(``local_scales=1``) and critics of ``8 * width`` units (``critic_width=None``)."""
 
 ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp", **ADDED_SINCE_0_3}
 """Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
@@ -71,6 +72,8 @@ class TrainingConfig:
     mi_estimator: str
     latent_dim: int
     width: int
+    critic_width: int | None
+    local_scales: int
     tabular_encoder: str
     augment: bool
     views: int | str
@@ -106,6 +109,17 @@ class TrainingConfig:
                 f"reconstruction={self.reconstruction} rebuilds masked features of table "
                 "rows, but X was read as images. Set reconstruction=0 for images, or pass "
                 "the rows as a 2-D array without image_shape."
+            )
+        if self.local_scales == 2 and layout.kind != "image":
+            raise ValueError(
+                "local_scales=2 contrasts the code with the conv encoder's last conv layer "
+                "too, but X was read as table rows (one local map). Set local_scales=1, or "
+                "pass image_shape for flat images."
+            )
+        if self.local_scales == 2 and self.beta == 0:
+            raise ValueError(
+                "local_scales=2 adds a second map to the local term, but beta=0 turns that "
+                "term off. Set beta > 0, or local_scales=1."
             )
         if self.temperature is not None and self.critic != "dot":
             raise ValueError(
@@ -170,5 +184,6 @@ class TrainingConfig:
 
     @property
     def critic_hidden(self) -> int:
-        """Width of the critics' hidden layers and embeddings: ``8 * width``."""
-        return 8 * self.width
+        """Width of the critics' hidden layers and embeddings: ``critic_width``, or
+        ``8 * width`` where it is None."""
+        return 8 * self.width if self.critic_width is None else self.critic_width

@@ -139,6 +139,22 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Network width. The conv encoder has channels (w, 2w, 4w) and an fc layer of 16w
         units; the tabular encoder two hidden layers of 4w; the critics 8w hidden units.
         ``width=64`` is the reference DIM network (conv 64-128-256, fc 1024).
+    critic_width : int or None, default=None
+        Units of the critics' hidden layers and embeddings; None: ``8 * width`` (512 at
+        ``width=64``). The local critic's 1x1 convolutions run at every position of the
+        local map and cost as much arithmetic per image as the conv encoder at ``8 *
+        width``: ``critic_width=4 * width`` trains about 30% more epochs in the same time
+        (measured: the same quality at 5 CPU-minutes on CIFAR-10, and the time that pays
+        for ``local_scales=2``).
+    local_scales : {1, 2}, default=1
+        Images only: the maps the local term contrasts the code with. 1: the local map (the
+        second conv layer's). 2: also the last conv layer's map, by a second local critic
+        (the DIM paper's multi-scale form, simplified), the term the mean of the two. The
+        second critic (``conv_local_critic``) is saved in model files only with
+        ``include_training_state=True``, as the global critic. Measured on CIFAR-10 in 5
+        CPU-minutes with ``critic_width=4 * width``: code 62.0 linear / 58.3 kNN-10 and
+        conv level 65.1 against the defaults' 59.5 / 55.8 and 63.1 (Results: the next level
+        on photos).
     tabular_encoder : {"tokens", "mlp"}, default="tokens"
         The encoder of tabular rows. ``"tokens"``: every feature is embedded on its own into
         ``width`` channels and is one position of the local map, so the local term contrasts
@@ -386,6 +402,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "width": [Interval(Integral, 1, None, closed="left")],
+        "critic_width": [Interval(Integral, 1, None, closed="left"), None],
+        "local_scales": [Interval(Integral, 1, 2, closed="both")],
         "tabular_encoder": [StrOptions({"tokens", "mlp"})],
         "feature_level": [StrOptions({"code", "fc", "conv"})],
         "image_shape": [None, tuple, list],
@@ -427,6 +445,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         mi_estimator: str = "infonce",
         latent_dim: int = 64,
         width: int = 64,
+        critic_width: int | None = None,
+        local_scales: int = 1,
         tabular_encoder: str = "tokens",
         feature_level: str = "code",
         image_shape: tuple | None = None,
@@ -464,6 +484,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.mi_estimator = mi_estimator
         self.latent_dim = latent_dim
         self.width = width
+        self.critic_width = critic_width
+        self.local_scales = local_scales
         self.tabular_encoder = tabular_encoder
         self.feature_level = feature_level
         self.image_shape = image_shape

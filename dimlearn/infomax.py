@@ -76,6 +76,9 @@ class DeepInfomaxModule(nn.Module):
     reconstructed_features : int or None
         Table rows of this many features: build the decoder of the ``"reconstruction"``
         term (each row rebuilt from the code of a SCARF-corrupted copy of it).
+    conv_shape : tuple of int or None
+        The conv encoder's last conv map, ``(channels, h, w)``: build a second local critic
+        on it (``local_scales=2``; the local term is then the mean over the two maps).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class DeepInfomaxModule(nn.Module):
         views: int = 1,
         temperature: float | None = None,
         reconstructed_features: int | None = None,
+        conv_shape: tuple[int, int, int] | None = None,
     ):
         super().__init__()
         self.views = views
@@ -107,6 +111,8 @@ class DeepInfomaxModule(nn.Module):
             self.prior_discriminator = PriorDiscriminator(latent_dim, critic_hidden)
         if reconstructed_features is not None:
             self.decoder = RowDecoder(latent_dim, critic_hidden, reconstructed_features)
+        if conv_shape is not None:
+            self.conv_local_critic = local_cls(conv_shape, latent_dim, critic_hidden, **scale)
         self.negatives = negatives
         self.mi_estimator = mi_estimator
         self.prior = prior
@@ -141,11 +147,20 @@ class DeepInfomaxModule(nn.Module):
         each term is the mean over the two directions (the prior and local-local terms:
         over the two views). The reconstruction term (table rows, one view) encodes a
         SCARF-corrupted copy of each row and asks the decoder to give back the row from
-        its code mean.
+        its code mean. With a ``conv_local_critic`` (``local_scales=2``), the local term
+        is the mean of the local map's and the last conv map's (each code against the same
+        view's maps as above).
         """
         views = list(x) if self.views == 2 else [x]
         part = self.part or WholeBatch(views[0].shape[0])
-        encoded = [self.encoder(view) for view in views]  # (local map, mu, logvar) each
+        conv_critic = getattr(self, "conv_local_critic", None)  # local_scales=2 only
+        two_scales = conv_critic is not None and "local" in names
+        if two_scales:  # (local map, conv map, mu, logvar) each
+            with_conv = [self.encoder.with_conv_map(view) for view in views]
+            encoded = [(local_map, mu, logvar) for local_map, _, mu, logvar in with_conv]
+            conv_maps = [conv_map for _, conv_map, _, _ in with_conv]
+        else:
+            encoded = [self.encoder(view) for view in views]  # (local map, mu, logvar) each
         out = {}
         needs_z = "global" in names or "local" in names
         needs_perm = needs_z or "local_local" in names
@@ -168,13 +183,19 @@ class DeepInfomaxModule(nn.Module):
         def mean(values):
             return sum(values) / len(values)
 
+        def mi_term(critic, code_map_pairs):
+            losses = []
+            for z, local_map in code_map_pairs:
+                pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
+                losses.append(mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator))
+            return mean(losses)
+
         for name, critic in (("global", self.global_critic), ("local", self.local_critic)):
             if name in names:
-                losses = []
-                for z, local_map in pairs:
-                    pos, neg = contrast(critic, local_map, z, self.negatives, perm, part)
-                    losses.append(mi_loss(part.gather(pos), part.gather(neg), self.mi_estimator))
-                out[name] = mean(losses)
+                out[name] = mi_term(critic, pairs)
+        if two_scales:
+            conv_pairs = [(codes[k], conv_maps[(k + 1) % len(views)]) for k in range(len(views))]
+            out["local"] = (out["local"] + mi_term(conv_critic, conv_pairs)) / 2
         if "local_local" in names:
             losses = []
             for local_map, _, _ in encoded:
@@ -215,22 +236,30 @@ ALWAYS_KEPT = ("encoder", "local_critic")
 """The parts every fitted model keeps: what ``transform`` (the encoder) and ``score`` (the
 local critic) read."""
 
-OPTIONAL_PARTS = ("global_critic", "local_local_critic", "prior_discriminator", "decoder")
+OPTIONAL_PARTS = (
+    "global_critic",
+    "local_local_critic",
+    "prior_discriminator",
+    "decoder",
+    "conv_local_critic",
+)
 """Parts kept only while a term trains them: a part no term trains keeps its random initial
 weights, so keeping it would only make model files larger."""
 
 
 def trained_parts(config: TrainingConfig) -> set[str]:
     """The parts of the module that the loss of ``config`` trains (the table of which part
-    each term needs: global -> global critic, local -> local critic, local-local -> its
-    critic, an adversarial prior -> the discriminator, reconstruction -> the decoder; every
-    term trains the encoder)."""
+    each term needs: global -> global critic, local -> local critic (and the conv map's,
+    with ``local_scales=2``), local-local -> its critic, an adversarial prior -> the
+    discriminator, reconstruction -> the decoder; every term trains the encoder)."""
     weights = config.weights
     parts = {"encoder"}
     if weights["global"] > 0:
         parts.add("global_critic")
     if weights["local"] > 0:
         parts.add("local_critic")
+        if config.local_scales == 2:
+            parts.add("conv_local_critic")
     if weights["local_local"] > 0:
         parts.add("local_local_critic")
     if weights["prior"] > 0 and config.prior == "adversarial":
@@ -277,6 +306,9 @@ def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
         temperature=config.temperature,
         reconstructed_features=(
             layout.channels if config.reconstruction > 0 and layout.kind == "tabular" else None
+        ),
+        conv_shape=(
+            encoder.conv_shape if config.local_scales == 2 and layout.kind == "image" else None
         ),
     )
 

@@ -142,6 +142,7 @@ class ConvEncoder(_Encoder):
         )
         self.to_code = code_head(16 * width, latent_dim)
         self.n_conv_layers = 4
+        self.conv_shape = (4 * width, *third["side"])
         conv_dims = 4 * width * last_positions
         self.feature_dims = {"conv": conv_dims, "fc": 16 * width, "code": latent_dim}
 
@@ -149,6 +150,15 @@ class ConvEncoder(_Encoder):
         local_map = self.to_local(x)
         mu, logvar = self.to_code(self.to_fc(local_map)).chunk(2, dim=1)
         return local_map, mu, logvar
+
+    def with_conv_map(self, x: torch.Tensor):
+        """``(local_map, conv_map, mu, logvar)``: :meth:`forward` with the last conv layer's
+        map (after its BatchNorm and ReLU, :attr:`conv_shape`), which ``local_scales=2``
+        contrasts with the code too."""
+        local_map = self.to_local(x)
+        conv_map = self.to_fc[:3](local_map)
+        mu, logvar = self.to_code(self.to_fc[3:](conv_map)).chunk(2, dim=1)
+        return local_map, conv_map, mu, logvar
 
 
 def batch_norm_pairs(module: nn.Module):

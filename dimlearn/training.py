@@ -228,8 +228,8 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: se
     if mismatched:
         raise ValueError(
             "warm_start / partial_fit continues the fitted networks, but the current "
-            "parameters build different ones (latent_dim, width, critic or image size "
-            f"changed; differing weights: {', '.join(mismatched[:4])}"
+            "parameters build different ones (latent_dim, width, critic, critic_width or image "
+            f"size changed; differing weights: {', '.join(mismatched[:4])}"
             f"{', ...' if len(mismatched) > 4 else ''}). Restore those parameters, or set "
             "warm_start=False to train afresh."
         )
@@ -242,10 +242,11 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: se
     untrained = sorted(new_parts & trained)
     if untrained:
         notes.append(
-            f"the fitted model has no trained {', '.join(untrained)} (its term had weight 0 "
-            "when it was trained, or the model was saved without include_training_state="
-            "True, so it was not kept): a new one, randomly initialised, is trained from "
-            "here on next to the fitted encoder"
+            f"the fitted model has no trained {', '.join(untrained)} (its term was off when "
+            "it was trained: weight 0, or local_scales=1 for the conv_local_critic; or the "
+            "model was saved without include_training_state=True, so it was not kept): a "
+            "new one, randomly initialised, is trained from here on next to the fitted "
+            "encoder"
         )
     if fitted.optimizer_state is None:
         notes.append(

@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import quality, speed
 from benchmarks.common import load_dataset, markdown_table, probe_scores
+from dimlearn import DeepInfomaxTransformer
 
 
 def run_quality(tmp_path, name, *extra):
@@ -353,3 +354,30 @@ def test_results_record_a_command_that_pastes_back():
     line = command_line("benchmarks.tables", ["--only", "MLP encoder (0.2)", "--seeds", "0"])
     assert line == "python -m benchmarks.tables --only 'MLP encoder (0.2)' --seeds 0"
     assert command_line("benchmarks.small_images", []) == "python -m benchmarks.small_images"
+
+
+def test_next_level_runs_every_idea_and_probes_code_and_conv(tmp_path):
+    from benchmarks import next_level
+
+    argv = ["--dataset", "digits", "--budget-minutes", "0.005", "--n-train", "200"]
+    assert next_level.main([*argv, "--n-test", "100", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "next_level.json").read_text())
+    ideas = [label for label, _, _ in next_level.IDEAS]
+    assert [r["features"] for r in payload["rows"]] == [
+        f"{idea}: {level}" for idea in ideas for level in ("code", "conv")
+    ]
+    assert all(0.1 < r["linear"] <= 1 for r in payload["rows"])
+    with pytest.raises(SystemExit):
+        next_level.main([*argv, "--only", "no such idea", "--out", str(tmp_path)])
+
+
+def test_the_patched_ideas_that_won_are_what_the_parameters_build(digit_images, fast):
+    """The rows measured with patches (two-scale local MI, the narrow critic) and the
+    estimator's parameters that replaced them train the same networks to the same codes."""
+    from benchmarks import next_level
+
+    X = digit_images[0][:96]
+    with next_level.combined(next_level.two_scale_local, next_level.narrow_critic):
+        patched = DeepInfomaxTransformer(**fast).fit(X)
+    product = DeepInfomaxTransformer(**fast, local_scales=2, critic_width=4 * fast["width"])
+    assert np.array_equal(product.fit(X).transform(X), patched.transform(X))
