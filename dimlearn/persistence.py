@@ -417,6 +417,16 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
         params["image_shape"] = tuple(params["image_shape"])
     estimator = DeepInfomaxTransformer(**params)
     estimator._validate_params()  # sklearn's InvalidParameterError is a ValueError
+    if params["device"] != "auto":  # any string passes the constraint: is it a device?
+        try:  # parsed only: a model written on a GPU still loads where there is none
+            kind = torch.device(params["device"]).type
+        except (RuntimeError, TypeError, ValueError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ModelFileError(
+                f"its device parameter {params['device']!r} is not a device: 'auto', 'cpu', "
+                "'cuda' or 'cuda:N'"
+            )
     plain = {"fitted": payload["fitted"], "history": payload["history"], "weights": {}}
     optimizer: dict = {}
     for key, value in tensors.items():

@@ -324,3 +324,26 @@ def test_a_skops_file_that_replaces_a_method_is_refused(colour_model, tmp_path, 
     trusted = ["dimlearn.estimator.DeepInfomaxTransformer"]
     with pytest.raises(ValueError, match="unknown attributes 'transform'"):
         sio.load(tmp_path / "dim.skops", trusted=trusted)
+
+
+def test_a_device_that_is_no_device_is_refused_on_load(model_file, tmp_path):
+    """The device parameter is any string to scikit-learn's constraints: a file naming no
+    device is refused on load, not at the first ``transform``; one naming a GPU loads."""
+    data = model_file.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    metadata = header["__metadata__"]
+    tensors = dimlearn.persistence._read_tensors(data, "model")
+    for device, refused in (("ééé", True), ("tpu", True), ("cuda:1", False), ("cpu", False)):
+        description = json.loads(metadata["dimlearn"])
+        description["params"]["device"] = device
+        text = json.dumps(description)
+        digest = _digest(tensors, f"{metadata['format_version']}|{text}")
+        signed = {**metadata, "dimlearn": text, "sha256": digest}
+        (tmp_path / "m.safetensors").write_bytes(
+            _with_header(data, {**header, "__metadata__": signed})
+        )
+        if refused:
+            with pytest.raises(ModelFileError, match="is not a device"):
+                load(tmp_path / "m.safetensors")
+        else:
+            assert load(tmp_path / "m.safetensors").device == device
