@@ -21,6 +21,12 @@ Rows, by group (``--only`` takes groups; a method alone, e.g. ``simclr``, both b
   ResNet-18, each trained for the same wall time: the projection head's 64 outputs (code),
   the backbone's features and, for the ConvEncoder, its conv level.
 
+``--peer-precision bfloat16`` trains the lightly rows under bfloat16 autocast, as dimlearn's
+``precision="auto"`` does on a processor with native bfloat16; those rows are groups of their
+own (``simclr-conv-bf16``), written beside the float32 rows, not over them:
+
+    python -m benchmarks.peers --budget-minutes 5 --only simclr-conv --peer-precision bfloat16
+
 A run of some groups (``--only``) into the file of an earlier run of the same protocol
 (images, seed, budget, threads) keeps that file's other rows, so a 30-minute table (seven
 trained rows, about four hours) can be made a few groups at a time:
@@ -76,6 +82,18 @@ from .quality import probe_rows
 REPO = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 GROUPS = ["pca", "kmeans", "dimlearn", *(f"{m}-{b}" for m in METHODS for b in BACKBONES)]
+PRECISION_LABELS = {"float32": "", "bfloat16": ", bfloat16"}
+"""A lightly row trained in bfloat16 is a row of its own (group ``<method>-<backbone>-bf16``)
+beside the float32 one, so a run with ``--peer-precision bfloat16`` replaces neither."""
+ORDER = [*GROUPS, *(f"{g}-bf16" for g in GROUPS if g.split("-")[0] in METHODS)]
+
+
+def precision_groups(groups: list[str], precision: str) -> list[str]:
+    """The row groups a run of ``groups`` writes: the lightly groups get ``-bf16`` in
+    bfloat16."""
+    if precision == "float32":
+        return list(groups)
+    return [f"{g}-bf16" if g.split("-")[0] in METHODS else g for g in groups]
 
 
 def chosen_groups(only) -> list[str]:
@@ -207,7 +225,7 @@ def lightly_rows(rows, data, args, groups, record):
         for name, X in (("fit", X_fit), ("probe", X_tr), ("test", X_te)):
             np.save(Path(tmp) / f"{name}.npy", np.ascontiguousarray(X))
         for group in groups:
-            method, backbone = group.split("-")
+            method, backbone = group.split("-")[:2]
             out = Path(tmp) / group
             command = [python, "-m", "benchmarks.peers_lightly", "--data", tmp, "--out", str(out)]
             command += ["--method", method, "--backbone", backbone]
@@ -220,7 +238,9 @@ def lightly_rows(rows, data, args, groups, record):
                 continue
             info = json.loads((out / "info.json").read_text())
             record["lightly"]["rows"][group] = info
-            name = f"{METHODS[method]} ({BACKBONES[backbone]})"
+            name = (
+                f"{METHODS[method]} ({BACKBONES[backbone]}{PRECISION_LABELS[args.peer_precision]})"
+            )
             for level in ("code", "backbone", "conv"):
                 if not (out / f"{level}_probe.npy").exists():
                     continue
@@ -293,6 +313,7 @@ def main(argv=None) -> int:
             if group in groups:
                 build(rows, data, args)
         peers = [g for g in groups if g.split("-")[0] in METHODS]
+        peers = precision_groups(peers, args.peer_precision)
         if peers:
             lightly_rows(rows, data, args, peers, record)
     payload = {
@@ -316,7 +337,9 @@ def main(argv=None) -> int:
         "rows": list(rows),
         **record,
     }
-    payload = merge_previous(payload, args.out / f"{args.name}.json", groups, GROUPS)
+    written = precision_groups(groups, args.peer_precision)
+    payload["commands"][0]["groups"] = written
+    payload = merge_previous(payload, args.out / f"{args.name}.json", written, ORDER)
     payload["peers_ahead"] = compare_with_dimlearn(payload["rows"])
     md = write_results(args.name, payload, markdown(payload), args.out)
     print(md.read_text())

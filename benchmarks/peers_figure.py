@@ -25,6 +25,7 @@ MARKERS = {"conv": "o", "resnet18": "s"}
 
 def style(row: dict) -> dict:
     family, _, backbone = row["group"].partition("-")
+    backbone = backbone.split("-")[0]  # "conv-bf16": the bfloat16 rows keep their marker
     return {
         "color": COLOURS.get(family, "black"),
         "linestyle": LINES.get(row["level"], "-"),

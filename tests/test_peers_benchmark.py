@@ -132,6 +132,57 @@ def test_a_run_of_some_groups_keeps_the_other_rows_of_the_same_protocol(tmp_path
     assert "Command: `python -m benchmarks.peers" in (tmp_path / "tiny.md").read_text()
 
 
+def fake_bench_process(monkeypatch):
+    """The bench environment's process replaced by one that writes random 64-d codes and
+    the info it would, so the rows' bookkeeping runs without lightly."""
+    versions = dict(lightly="x", torchvision="x", torchvision_compiled_ops=False)
+    versions.update(torch="x", python="x")
+    monkeypatch.setattr(peers, "bench_python", lambda args: ("bench-python", versions))
+
+    def run(command, cwd):
+        flag = {name: command[i + 1] for i, name in enumerate(command) if name.startswith("--")}
+        out = peers.Path(flag["--out"])
+        out.mkdir()
+        n = {
+            name: len(np.load(peers.Path(flag["--data"]) / f"{name}.npy"))
+            for name in ("probe", "test")
+        }
+        rng = np.random.default_rng(0)
+        for name in ("probe", "test"):
+            np.save(out / f"code_{name}.npy", rng.normal(size=(n[name], 64)).astype(np.float32))
+        info = dict(train_s=1.0, epochs=1.0, steps=3, feature_s=0.1, lightly_parts=["p"])
+        info.update(batch_size=16, optimiser="o", precision=flag["--precision"])
+        (out / "info.json").write_text(json.dumps({**info, "loader_workers": 0}))
+        return peers.subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(peers.subprocess, "run", run)
+
+
+def test_bfloat16_peer_rows_go_beside_the_float32_rows_not_over_them(tmp_path, monkeypatch):
+    fake_bench_process(monkeypatch)
+    run_peers(tmp_path, monkeypatch, "--only", "simclr-conv", "pca")
+    payload = run_peers(
+        tmp_path, monkeypatch, "--only", "simclr-conv", "--peer-precision", "bfloat16"
+    )
+    rows = {row["features"]: row["group"] for row in payload["rows"]}
+    assert rows == {
+        "PCA-48": "pca",
+        "SimCLR (dimlearn ConvEncoder): code": "simclr-conv",
+        "SimCLR (dimlearn ConvEncoder, bfloat16): code": "simclr-conv-bf16",
+    }
+    precisions = {g: info["precision"] for g, info in payload["lightly"]["rows"].items()}
+    assert precisions == {"simclr-conv": "float32", "simclr-conv-bf16": "bfloat16"}
+    assert [c["groups"] for c in payload["commands"]] == [
+        ["pca", "simclr-conv"],
+        ["simclr-conv-bf16"],
+    ]
+    again = run_peers(
+        tmp_path, monkeypatch, "--only", "simclr-conv", "--peer-precision", "bfloat16"
+    )
+    assert [row["group"] for row in again["rows"]] == ["pca", "simclr-conv", "simclr-conv-bf16"]
+    assert len(again["commands"]) == 2  # the rerun replaced its own rows and command only
+
+
 @pytest.mark.slow
 def test_lightly_rows_are_skipped_with_a_reason_without_the_bench_env(tmp_path, monkeypatch):
     monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
