@@ -31,6 +31,10 @@ measured again through the estimator alone. The ideas:
   (the DIM paper's pairs) beside the other view's (AMDIM's); combinations of the above.
 - ``local_scales=2, critic_width=256``: the two that won, through the estimator's parameters
   (no patch).
+- ``residual block``: a ResNet basic block (two 3x3 convolutions and a skip) after the
+  encoder's second convolution, so the local map is deeper; ``local map of 4w channels``:
+  the local map twice as wide (256 channels at ``width=64``), the third convolution reading
+  it; ``residual block, local_scales=2, critic_width=256``: the block on the best row so far.
 
 Writes ``benchmarks/results/<name>.json`` and ``.md``.
 """
@@ -225,6 +229,64 @@ def weight_ema(decay=EMA_DECAY):
         yield
 
 
+class BasicBlock(torch.nn.Module):
+    """ResNet's basic block at constant width: ``relu(x + BN(conv(relu(BN(conv(x))))))``
+    with 3x3 convolutions and no bias before a BatchNorm."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            torch.nn.BatchNorm2d(channels),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            torch.nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class ResidualLocalEncoder(ConvEncoder):
+    """The conv encoder with a :class:`BasicBlock` after its second convolution: the local
+    map (same shape) is two 3x3 convolutions deeper, and so is everything after it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to_local.append(BasicBlock(self.local_shape[0]))
+
+
+LOCAL_CHANNELS = 4
+"""The wider local map's channels, in units of ``width`` (the encoder's own: 2)."""
+
+
+class WiderLocalEncoder(ConvEncoder):
+    """The conv encoder with a local map of ``LOCAL_CHANNELS * width`` channels (4w: 256 at
+    ``width=64``) instead of 2w, the same positions; the third convolution reads it."""
+
+    def __init__(self, in_channels, height, width_px, latent_dim, width):
+        super().__init__(in_channels, height, width_px, latent_dim, width)
+        _, second, third = conv_plan(height, width_px)
+        wide = LOCAL_CHANNELS * width
+
+        def conv(n_in, n_out, layer):
+            return torch.nn.Conv2d(
+                n_in, n_out, layer["kernel"], layer["stride"], layer["padding"], bias=False
+            )
+
+        self.to_local[2] = conv(width, wide, second)
+        self.to_local[3] = torch.nn.BatchNorm2d(wide)
+        self.to_fc[0] = conv(wide, 4 * width, third)
+        self.local_shape = (wide, *second["side"])
+
+
+@contextlib.contextmanager
+def encoder(cls):
+    """Image models are built with the conv encoder ``cls`` instead of dimlearn's."""
+    with mock.patch.object(dimlearn.infomax, "ConvEncoder", cls):
+        yield
+
+
 CROP_SCALE = (0.3, 1.0)
 
 
@@ -294,6 +356,13 @@ IDEAS = [  # label, estimator parameters, context
     ("lr 5e-4", dict(lr=5e-4), None),
     # the two that won, as the estimator's parameters (no patch)
     ("local_scales=2, critic_width=256", dict(local_scales=2, critic_width=256), None),
+    ("residual block", {}, functools.partial(encoder, ResidualLocalEncoder)),
+    (f"local map of {LOCAL_CHANNELS}w channels", {}, functools.partial(encoder, WiderLocalEncoder)),
+    (
+        "residual block, local_scales=2, critic_width=256",
+        dict(local_scales=2, critic_width=256),
+        functools.partial(encoder, ResidualLocalEncoder),
+    ),
 ]
 
 COLUMNS = [

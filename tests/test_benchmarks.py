@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from torch import nn
 
 from benchmarks import quality, speed
 from benchmarks.common import load_dataset, markdown_table, probe_scores
@@ -381,3 +382,27 @@ def test_the_patched_ideas_that_won_are_what_the_parameters_build(digit_images, 
         patched = DeepInfomaxTransformer(**fast).fit(X)
     product = DeepInfomaxTransformer(**fast, local_scales=2, critic_width=4 * fast["width"])
     assert np.array_equal(product.fit(X).transform(X), patched.transform(X))
+
+
+def test_the_encoder_ideas_train_the_networks_they_name(digit_images, fast):
+    """The residual block and the wider local map are in the networks trained under their
+    patch (and only there), and the critics read the wider map."""
+    from benchmarks import next_level
+
+    X = digit_images[0][:64]
+    with next_level.encoder(next_level.ResidualLocalEncoder):
+        residual = DeepInfomaxTransformer(**fast).fit(X)
+    with next_level.encoder(next_level.WiderLocalEncoder):
+        wider = DeepInfomaxTransformer(**fast).fit(X)
+    plain = DeepInfomaxTransformer(**fast).fit(X)
+    assert isinstance(residual.module_.encoder.to_local[-1], next_level.BasicBlock)
+    assert not any(isinstance(m, next_level.BasicBlock) for m in plain.module_.modules())
+    channels = next_level.LOCAL_CHANNELS * fast["width"]
+    assert wider.module_.encoder.local_shape[0] == channels
+    critic_convs = [m for m in wider.module_.local_critic.modules() if isinstance(m, nn.Conv2d)]
+    assert critic_convs[0].in_channels == channels
+    assert plain.module_.encoder.local_shape[0] == 2 * fast["width"]
+    for dim in (residual, wider):
+        codes = dim.transform(X)
+        assert codes.shape == (64, fast["latent_dim"]) and np.isfinite(codes).all()
+        assert not np.array_equal(codes, plain.transform(X))
