@@ -20,9 +20,9 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dimlearn.config import TrainingConfig
 from dimlearn.infomax import build_module
 from dimlearn.inputs import ArrayBatches
+from dimlearn.settings import Settings
 
 DATA_DIR = Path(os.environ.get("DIMLEARN_DATA", Path(__file__).parents[2] / "shared" / "data"))
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -203,7 +203,7 @@ def untrained_twin(dim, X, batch_size: int = 256):
     twin = copy.deepcopy(dim)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        module = build_module(TrainingConfig.from_params(dim.get_params()), dim.layout_)
+        module = build_module(Settings.from_params(dim.get_params()), dim.layout_)
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()

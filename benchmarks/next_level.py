@@ -57,10 +57,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 import dimlearn.infomax
 import dimlearn.training
 import dimlearn.views
-from dimlearn.config import TrainingConfig
 from dimlearn.critics import LocalDotCritic
 from dimlearn.net import plain_module
 from dimlearn.networks import ConvEncoder, conv_plan
+from dimlearn.settings import Architecture
 
 from .common import (
     DATASETS,
@@ -82,7 +82,7 @@ LEVELS = ("code", "conv")
 
 @contextlib.contextmanager
 def narrow_critic():
-    with mock.patch.object(TrainingConfig, "critic_hidden", property(lambda c: 4 * c.width)):
+    with mock.patch.object(Architecture, "critic_hidden", property(lambda a: 4 * a.width)):
         yield
 
 
@@ -153,10 +153,10 @@ def extra_local_pairs(conv_scale=True, same_view=False):
         if conv_scale:
             side = conv_plan(*layout.height_width)[2]["side"]
             module.conv_critic = LocalDotCritic(
-                (4 * config.width, *side),
-                config.latent_dim,
-                config.critic_hidden,
-                config.temperature,
+                (4 * config.architecture.width, *side),
+                config.architecture.latent_dim,
+                config.architecture.critic_hidden,
+                config.objective.temperature,
             )
 
         def keeper(kind):

@@ -125,11 +125,11 @@ class DimlearnConv(nn.Module):
     def __init__(self, image_shape, num_splits: int = 0):
         super().__init__()
         from dimlearn import DeepInfomaxTransformer
-        from dimlearn.config import TrainingConfig
         from dimlearn.infomax import build_module
         from dimlearn.inputs import resolve_layout
+        from dimlearn.settings import Settings
 
-        config = TrainingConfig.from_params(DeepInfomaxTransformer().get_params())
+        config = Settings.from_params(DeepInfomaxTransformer().get_params())
         self.encoder = build_module(
             config, resolve_layout(tuple(image_shape), None, "auto")
         ).encoder

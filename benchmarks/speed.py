@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TrainingConfig
 from dimlearn.infomax import build_module
 from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout, split_batches
 from dimlearn.objectives import DeepInfomaxLoss
+from dimlearn.settings import Settings
 
 from .common import RESULTS_DIR, machine_info, machine_line, markdown_table, write_results
 
@@ -54,9 +54,9 @@ def bare_torch_fit(X, *, width, epochs, batch_size, lr, seed) -> float:
     data = ArrayBatches(X, layout, *channel_stats(X, layout)).take(slice(None))  # once, whole
     spec = DeepInfomaxTransformer(width=width, **WEIGHTS)
     torch.manual_seed(seed)
-    config = TrainingConfig.from_params(spec.get_params())
+    config = Settings.from_params(spec.get_params())
     module = build_module(config, layout).train()
-    loss_fn = DeepInfomaxLoss(config.weights)
+    loss_fn = DeepInfomaxLoss(config.objective.weights)
     optimiser = torch.optim.Adam(module.parameters(), lr=lr)
     sizes = split_batches(len(X), batch_size)
     bounds = np.cumsum([0, *sizes])

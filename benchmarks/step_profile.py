@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TrainingConfig
+from dimlearn.config import resolved
 from dimlearn.devices import native_bfloat16
 from dimlearn.infomax import build_module
 from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
 from dimlearn.objectives import DeepInfomaxLoss
+from dimlearn.settings import Settings
 from dimlearn.views import two_views
 
 from .common import (
@@ -66,20 +67,25 @@ def one_setting(X, *, width, params, steps, seed=0) -> dict:
     channels_last = params.pop("channels_last", False)
     spec = DeepInfomaxTransformer(width=width, **params)
     layout = resolve_layout(X.shape[1:], None, "auto")
-    config = TrainingConfig.from_params(spec.get_params()).resolved(layout, torch.device("cpu"))
+    config = resolved(
+        Settings.from_params(spec.get_params()),
+        layout,
+        native_bfloat16=native_bfloat16(torch.device("cpu")),
+        device_type="cpu",
+    )
     batch = ArrayBatches(X, layout, *channel_stats(X, layout)).take(slice(None))
     torch.manual_seed(seed)
     module = build_module(config, layout).train()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
-    loss_fn = DeepInfomaxLoss(config.weights)
+    loss_fn = DeepInfomaxLoss(config.objective.weights)
     optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
-    dtype = torch.bfloat16 if config.precision == "bfloat16" else None
+    dtype = torch.bfloat16 if config.runtime.precision == "bfloat16" else None
 
     def step():
-        x = two_views(batch, "image", generator) if config.views == 2 else batch
+        x = two_views(batch, "image", generator) if config.views.views == 2 else batch
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             loss = loss_fn(module(x, loss_fn.active_terms))
         optimiser.zero_grad()

@@ -43,7 +43,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from .config import TERM_NAMES, WEIGHT_NAMES
+from .settings import TERM_NAMES, WEIGHT_NAMES
 from .inputs import _guess_channels_last
 
 PAGE_FILES = ("index.html", "browse.js", "browse.css")

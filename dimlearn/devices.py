@@ -13,9 +13,11 @@ from ._warn import warn
 def resolve_device(device, *, strict: bool = True) -> torch.device:
     """Turn the ``device`` parameter into a ``torch.device``.
 
-    ``"auto"`` is CUDA when available, else CPU. With ``strict`` (``fit``), asking for a CUDA
-    device that is not there raises; without it (``transform`` of a model loaded on another
-    machine) it warns and falls back to the CPU.
+    The name itself was checked by the parameter's constraint
+    (:class:`~dimlearn.settings.DeviceName`); here is asked whether the device is present.
+    ``"auto"`` is CUDA when available, else CPU. With ``strict`` (``fit``), asking for a
+    CUDA or MPS device that is not there raises; without it (``transform`` of a model
+    loaded on another machine) it warns and falls back to the CPU.
 
     Examples
     --------
@@ -24,23 +26,23 @@ def resolve_device(device, *, strict: bool = True) -> torch.device:
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from None
+    resolved = torch.device(device)
     if resolved.type == "cpu":
         return resolved
-    if resolved.type != "cuda":
-        raise ValueError(f"Unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = resolved.index or 0
-    if index < count:
-        return resolved
-    problem = f"device={device!r} was requested but " + (
-        "CUDA is not available here" if count == 0 else f"only {count} CUDA device(s) exist"
-    )
+    if resolved.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is not None and backend.is_available():
+            return resolved
+        problem = f"device={device!r} was requested but MPS (Apple's GPU) is not available here"
+    elif resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) < count:
+            return resolved
+        problem = f"device={device!r} was requested but " + (
+            "CUDA is not available here" if count == 0 else f"only {count} CUDA device(s) exist"
+        )
+    else:
+        problem = f"device={device!r} is not a device dimlearn trains on"
     if strict:
         raise ValueError(f"{problem}. Use device='auto' or device='cpu'.")
     warn(f"{problem}; running on the CPU. Set device='cpu' to silence this.")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
-import torch
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -14,18 +12,16 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import fitted
-from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3, TrainingConfig
+from . import fitted, training
+from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3
 from .devices import on_device, resolve_device
-from .distributed import training_ranks
 from .fitted import FittedState
 from .inference import encode, local_mi_score
 from .infomax import module_from_state
-from .inputs import ArrayBatches, channel_stats, resolve_layout
-from .training import train_networks
+from .inputs import ArrayBatches
+from .settings import Settings, estimator_init, parameter_constraints, with_parameters
 
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
@@ -40,7 +36,7 @@ def _upgrade_0_2_pickle(state: dict) -> None:
     rebuilt without the biases before BatchNorm layers (folded into the running means, the
     same codes up to rounding), their Adam moments dropped."""
     module, folded = module_from_state(
-        TrainingConfig.from_params(state), state["layout_"], state["module_"].state_dict()
+        Settings.from_params(state), state["layout_"], state["module_"].state_dict()
     )
     state["module_"] = module
     state.update(views_=1, precision_=state["precision"], device_=None)  # 0.2 had no "auto"
@@ -82,221 +78,6 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     standard deviation of the data passed to ``fit``, inside the estimator, identically in
     ``fit`` and ``transform``; no external scaling is needed, and uint8 and float images of
     the same pictures give the same model.
-
-    Parameters
-    ----------
-    alpha : float, default=0.0
-        Weight of the global MI term (critic on a summary of the image and the code).
-    beta : float, default=1.0
-        Weight of the local MI term (critic on every position of the local feature map and
-        the code, averaged over positions). On tabular data the "local map" is the encoder's
-        first hidden layer, a single position.
-    gamma : float, default=0.1
-        Weight of the prior term, which pulls the codes towards N(0, I) (see ``prior``).
-        0 switches the prior off.
-    delta : float, default=0.0
-        Weight of the local-local MI term (a further option of the DIM paper and the Keras
-        reference): each position of the local map is contrasted, by a dot-product critic, with the
-        other positions of its own image (positive) and with other images of the batch
-        (negatives, as set by ``negatives``). Needs a local map of 2 or more positions, so
-        images only.
-    reconstruction : float, default=0.0
-        Table rows only: weight of a masked-feature reconstruction term (a self-prediction
-        objective, as VIME's): each row's features are corrupted as in SCARF (30% of them
-        replaced by other rows' values), encoded, and a small decoder trained with the
-        encoder gives back the row's standardised values from the code mean (mean squared
-        error). The decoder is kept in fitted models for continued fits only. With
-        ``reconstruction > 0``, ``alpha`` and ``beta`` may both be 0 (a denoising
-        autoencoder). Needs one view (``views=1`` or ``"auto"``).
-    prior : {"kl", "kl_mean", "adversarial"}, default="kl_mean"
-        How the prior term (weight ``gamma``) matches codes to N(0, I). ``"kl"``: the KL
-        divergence of the Gaussian code to N(0, I), summed over code dimensions (the VAE's
-        and the Keras reference's text). ``"kl_mean"``: the same KL averaged over code dimensions
-        (the Keras reference's code; ``latent_dim`` times weaker for the same ``gamma``).
-        ``"adversarial"``: the DIM paper's prior matching, a discriminator trained to tell
-        N(0, I) samples from codes and the encoder trained to fool it (non-saturating);
-        one optimiser step updates both, the discriminator on detached codes.
-    negatives : {"shuffle", "all"}, default="all"
-        Which mismatched pairs the critics see: for each code, one other image of the batch
-        (``"shuffle"``, the Keras reference's) or all the other images of the batch
-        (``"all"``, the DIM paper's; B - 1 negatives per code, cheap with ``critic="dot"``).
-    critic : {"concat", "dot"}, default="dot"
-        Critic form: an MLP scoring the concatenated pair (``"concat"``, the Keras
-        reference's) or a dot product of separately embedded image and code (``"dot"``, the
-        official DIM code's).
-        With ``negatives="all"``, ``"concat"`` runs its MLP on all B x B pairs (and, for the
-        local term, at every position): B times the cost of ``"dot"``.
-    temperature : float or None, default=None
-        ``critic="dot"`` only: score a pair by the cosine of the two embeddings divided by
-        ``temperature`` (normalised embeddings, as in SimCLR), so scores stay within
-        ``1 / temperature``; None scores by the raw dot product.
-    mi_estimator : {"jsd", "infonce", "dv"}, default="infonce"
-        MI estimator: Jensen-Shannon (the Keras reference's), infoNCE or Donsker-Varadhan
-        (the DIM paper's).
-    latent_dim : int, default=64
-        Size of the code, the number of output features.
-    width : int, default=64
-        Network width. The conv encoder has channels (w, 2w, 4w) and an fc layer of 16w
-        units; the tabular encoder two hidden layers of 4w; the critics 8w hidden units.
-        ``width=64`` is the reference DIM network (conv 64-128-256, fc 1024).
-    critic_width : int or None, default=None
-        Units of the critics' hidden layers and embeddings; None: ``8 * width`` (512 at
-        ``width=64``). The local critic's 1x1 convolutions run at every position of the
-        local map and cost as much arithmetic per image as the conv encoder at ``8 *
-        width``: ``critic_width=4 * width`` trains about 30% more epochs in the same time
-        (measured: the same quality at 5 CPU-minutes on CIFAR-10, and the time that pays
-        for ``local_scales=2``).
-    local_scales : {1, 2}, default=1
-        Images only: the maps the local term contrasts the code with. 1: the local map (the
-        second conv layer's). 2: also the last conv layer's map, by a second local critic
-        (the DIM paper's multi-scale form, simplified), the term the mean of the two. The
-        second critic (``conv_local_critic``) is saved in model files only with
-        ``include_training_state=True``, as the global critic. Measured on CIFAR-10 in 5
-        CPU-minutes with ``critic_width=4 * width``: code 62.0 linear / 58.3 kNN-10 and
-        conv level 65.1 against the defaults' 59.5 / 55.8 and 63.1 (Results: the next level
-        on photos).
-    tabular_encoder : {"tokens", "mlp"}, default="tokens"
-        The encoder of tabular rows. ``"tokens"``: every feature is embedded on its own into
-        ``width`` channels and is one position of the local map, so the local term contrasts
-        the code with each feature (:class:`~dimlearn.networks.TokenEncoder`); ``"mlp"``:
-        two hidden layers of ``4 * width`` units, the first of them a one-position local map
-        (dimlearn 0.2's encoder). With ``"tokens"``, the two layers that read every
-        feature's embedding at once (the encoder's fc layer and the global critic's
-        summary) are bounded to 2**25 weights each (33.5 M): on wide tables (over 1,024
-        features at ``width=64`` for the critic, 2,048 for the encoder) they read fewer
-        channels per feature (the encoder through a 1x1 projection shared by all
-        features: 26 channels of 64 at 5,000 features), so the networks have 68 M and
-        65 M weights at 5,000 and 20,000 features, not 248 M and 987 M (a fitted model
-        keeps 35 M and 34 M). Past 2**25 / (8 * width) features (65,536 at
-        ``width=64``) ``fit`` refuses with a ``ValueError``: lower ``width``, use
-        ``"mlp"`` or reduce the features. Narrower tables keep the networks they had.
-    feature_level : {"code", "fc", "conv"}, default="code"
-        What ``transform`` returns, the DIM paper's three levels: the code mean
-        (``latent_dim`` wide), the fc layer before it (16w; 4w for tabular data), or the last
-        conv layer, flattened (4w x h/8 x w/8; the first hidden layer for tabular data). It
-        only reads the fitted network, so it may be changed after ``fit``.
-    image_shape : tuple of int or None, default=None
-        For flat 2-D input only: the shape of one image, ``(H, W)``, ``(H, W, C)`` or
-        ``(C, H, W)``, such that ``X.reshape(n, *image_shape)`` gives the images. None means
-        2-D input is tabular.
-    image_layout : {"auto", "channels_last", "channels_first"}, default="auto"
-        Where the channels of 3-D samples are. ``"auto"`` reads a last axis of at most 4
-        (with a first axis above 4) as channels-last and the reverse as channels-first, and
-        refuses anything else rather than guess.
-    augment : bool, default=False
-        Images, one view (``views=1``) only: a random crop (after reflection padding by an
-        eighth of the side) and a random horizontal flip of every training image, drawn anew
-        each epoch (the Keras reference's multi-scale idea in its simplest form); the flip
-        only where ``flip`` resolves to True. Refused (``fit`` raises ``ValueError``) when
-        training uses two views, which are augmented already.
-    views : {"auto", 1, 2}, default="auto"
-        Views of each training sample. ``"auto"``: 2 for images, 1 for table rows (what
-        won on each in the benchmarks of the documentation's Results). 2 trains the way
-        AMDIM (Bachman et al. 2019) does: every batch is seen as two independently augmented
-        views, and the code of each view is contrasted with the local map of the other, so
-        the code keeps what survives the augmentation (the object rather than its colour or
-        position). Images: random crop and flip, colour jitter and random greyscale; table
-        rows: SCARF's corruption of 30% of the features by other rows' values. A step then
-        costs two encoder passes.
-    flip : {"auto", True, False}, default="auto"
-        Images: whether the augmented views (two views, or ``augment=True``) are mirrored
-        left to right at random, half of them. ``"auto"``: for colour images, not for
-        one-channel ones, where a mirror can change what an image is (digits, letters:
-        without flips kNN-10 on MNIST rose from 95.7 to 98.0, Fashion-MNIST stayed level;
-        the documentation's Results). True on table rows is refused.
-    max_epochs : int, default=20
-        Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
-    max_time : float or None, default=None
-        Time budget for training, in seconds. Training stops at the end of the first epoch
-        after which the next one (predicted to take as long as the last) would overrun it,
-        and, when one epoch alone is longer than the budget, at the end of the batch that
-        reaches it (the cut epoch is counted, with its ``epoch_fraction`` in ``history_``).
-        The pass over X that computes the input statistics comes before the budget starts.
-        None trains for ``max_epochs``.
-    batch_size : int, default=128
-        Samples per training step; an epoch is cut into ``ceil(n / batch_size)`` batches of
-        nearly equal size, so no sample is dropped and no batch is of one sample.
-    lr : float, default=1e-3
-        Adam learning rate. Every training call (``fit``, ``partial_fit``) uses the current
-        value: a continued fit keeps Adam's moments, not the learning rate the last call
-        ended with.
-    lr_schedule : {"constant", "cosine"}, default="constant"
-        ``"cosine"`` anneals the learning rate from ``lr`` to 0 along a half cosine, batch
-        by batch, after a linear warm-up over the first 100 batches: over ``max_time`` when
-        it is set (the rate reaches its end as the time runs out; the schedule then depends
-        on the machine's speed), else over ``max_epochs``. Each ``fit`` starts again from
-        ``lr``; ``partial_fit`` always trains at ``lr``.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the training data, compute the same weighted
-        objective on it after every epoch (``valid_loss`` in ``history_``), stop once it has
-        not improved by ``tol`` for ``n_iter_no_change`` epochs, and go back to the best
-        epoch: its weights, Adam's state, ``history_``, ``loss_curve_`` and ``n_iter_``
-        all describe that epoch (its history entry records ``epochs_after_best`` and their
-        ``valid_loss_after_best``). The held-out rows are drawn with ``random_state`` and are
-        not trained on.
-    validation_fraction : float, default=0.1
-        Share of the training data held out for ``early_stopping``.
-    n_iter_no_change : int, default=10
-        Epochs without improvement before ``early_stopping`` stops training.
-    tol : float, default=1e-4
-        Least decrease of the held-out objective that counts as an improvement.
-    warm_start : bool, default=False
-        If True and the estimator is fitted, ``fit`` continues training the fitted networks
-        (and Adam's moments) on the new X, at the current ``lr``, instead of starting
-        afresh. The input standardisation of the first fit is kept, so features stay
-        comparable; the new X must have the same per-sample shape, and ``latent_dim``,
-        ``width`` and ``critic`` must not change in between. Critics of terms whose weight
-        was 0 are not kept after a fit; turning such a term on for a continued fit trains a
-        new, randomly initialised critic next to the fitted encoder (with a warning).
-    device : str, default="auto"
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
-        anywhere; ``transform`` falls back to the CPU with a warning if the device is gone.
-        ``transform`` and ``score`` keep a copy of the networks on an accelerator between
-        calls (never pickled) and use batches of 4096 there (512 on the CPU).
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Arithmetic of the training step: mixed precision autocasts the networks' forward
-        pass (float16 with a gradient scaler); the MI estimators and the prior are computed
-        in float32 either way, and ``transform`` always runs in float32. bfloat16 also runs
-        on CPUs; float16 needs CUDA. ``"auto"``: for images, bfloat16 where the device
-        computes it natively (a CPU with AVX512-BF16 or AMX, a GPU that supports it: about
-        twice the steps per second), else float32; float32 for table rows. With ``"auto"``
-        the numbers a ``random_state`` gives depend on the machine's instructions
-        (``precision_`` says what ran). ``"float32"`` removes that choice; float32 results
-        are still bit-identical only for one machine and thread count, and agree to float32
-        rounding across vector widths (AVX2, AVX-512), which sum in another order.
-    data_on_device : {"auto", True, False}, default="auto"
-        Copy the whole training set (in its stored dtype: CIFAR-10's 50k images are 150 MB
-        as uint8) to the device once and draw every batch there. ``"auto"``: on CUDA when it
-        takes at most half of the free device memory; never on the CPU (where it would be a
-        second copy of X). Otherwise batches are read from X and copied one by one, from
-        page-locked memory on CUDA.
-    compile : bool, default=False
-        ``torch.compile`` the networks (skorch's ``compile``): slower to start, faster per
-        step on a GPU. The fitted ``module_`` is the plain module either way.
-    distributed : "auto" or bool, default="auto"
-        Data-parallel training across processes (``torchrun``; the user guide's page "More
-        than one machine"). ``"auto"``: when torchrun started this process into an initialised
-        ``torch.distributed`` process group of more than one process (``RANK`` and
-        ``WORLD_SIZE`` are its rank and size there, ``LOCAL_RANK`` is set) and ``fit``
-        runs in the main thread, ``fit`` and ``partial_fit`` train one model together with
-        every process of it, each on its part of every batch, with the objective, batches
-        and random draws of one process (``batch_size`` is the whole batch); every process
-        must pass the same X and ends with the same fitted estimator. ``device="cuda"`` then
-        means each process's own GPU (``LOCAL_RANK``). A group that other code set up, or a
-        fit in another thread (threaded joblib, dask threads), leaves ``"auto"`` training
-        alone, with a warning. ``True``: data-parallel with any initialised group, from any
-        thread, one fit at a time per group, and an error when there is none. ``False``:
-        each process trains alone. If one process's fit fails, the others' end with an
-        error that names it, within the group's timeout (the ``timeout`` of
-        ``init_process_group``), and the group is destroyed.
-    random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, shuffling, negatives and code sampling. With an int,
-        fitting on the CPU is bit-for-bit reproducible (for a fixed torch thread count).
-        torch's global RNG is left as it was. Each training call draws its seed from the
-        stream ``random_state_``, which continued fits carry on.
-    verbose : int, default=0
-        0 is silent; 1 or more prints the per-epoch loss table and a progress bar.
 
     Attributes
     ----------
@@ -389,127 +170,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     (200, 64)
     """
 
-    _parameter_constraints: dict = {
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "beta": [Interval(Real, 0, None, closed="left")],
-        "gamma": [Interval(Real, 0, None, closed="left")],
-        "delta": [Interval(Real, 0, None, closed="left")],
-        "reconstruction": [Interval(Real, 0, None, closed="left")],
-        "prior": [StrOptions({"kl", "kl_mean", "adversarial"})],
-        "negatives": [StrOptions({"shuffle", "all"})],
-        "critic": [StrOptions({"concat", "dot"})],
-        "temperature": [Interval(Real, 0, None, closed="neither"), None],
-        "mi_estimator": [StrOptions({"jsd", "infonce", "dv"})],
-        "latent_dim": [Interval(Integral, 1, None, closed="left")],
-        "width": [Interval(Integral, 1, None, closed="left")],
-        "critic_width": [Interval(Integral, 1, None, closed="left"), None],
-        "local_scales": [Interval(Integral, 1, 2, closed="both")],
-        "tabular_encoder": [StrOptions({"tokens", "mlp"})],
-        "feature_level": [StrOptions({"code", "fc", "conv"})],
-        "image_shape": [None, tuple, list],
-        "image_layout": [StrOptions({"auto", "channels_last", "channels_first"})],
-        "augment": ["boolean"],
-        "views": [Interval(Integral, 1, 2, closed="both"), StrOptions({"auto"})],
-        "flip": [StrOptions({"auto"}), "boolean"],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "max_time": [Interval(Real, 0, None, closed="neither"), None],
-        "batch_size": [Interval(Integral, 2, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "lr_schedule": [StrOptions({"constant", "cosine"})],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "warm_start": ["boolean"],
-        "device": [str, torch.device],
-        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-        "data_on_device": [StrOptions({"auto"}), "boolean"],
-        "compile": ["boolean"],
-        "distributed": [StrOptions({"auto"}), "boolean"],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-    }
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.0,
-        beta: float = 1.0,
-        gamma: float = 0.1,
-        delta: float = 0.0,
-        reconstruction: float = 0.0,
-        prior: str = "kl_mean",
-        negatives: str = "all",
-        critic: str = "dot",
-        temperature: float | None = None,
-        mi_estimator: str = "infonce",
-        latent_dim: int = 64,
-        width: int = 64,
-        critic_width: int | None = None,
-        local_scales: int = 1,
-        tabular_encoder: str = "tokens",
-        feature_level: str = "code",
-        image_shape: tuple | None = None,
-        image_layout: str = "auto",
-        augment: bool = False,
-        views: int | str = "auto",
-        flip: bool | str = "auto",
-        max_epochs: int = 20,
-        max_time: float | None = None,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        lr_schedule: str = "constant",
-        early_stopping: bool = False,
-        validation_fraction: float = 0.1,
-        n_iter_no_change: int = 10,
-        tol: float = 1e-4,
-        warm_start: bool = False,
-        device: str = "auto",
-        precision: str = "auto",
-        data_on_device="auto",
-        compile: bool = False,
-        distributed="auto",
-        random_state=None,
-        verbose: int = 0,
-    ):
-        self.alpha = alpha
-        self.beta = beta
-        self.gamma = gamma
-        self.delta = delta
-        self.reconstruction = reconstruction
-        self.prior = prior
-        self.negatives = negatives
-        self.critic = critic
-        self.temperature = temperature
-        self.mi_estimator = mi_estimator
-        self.latent_dim = latent_dim
-        self.width = width
-        self.critic_width = critic_width
-        self.local_scales = local_scales
-        self.tabular_encoder = tabular_encoder
-        self.feature_level = feature_level
-        self.image_shape = image_shape
-        self.image_layout = image_layout
-        self.augment = augment
-        self.views = views
-        self.flip = flip
-        self.max_epochs = max_epochs
-        self.max_time = max_time
-        self.batch_size = batch_size
-        self.lr = lr
-        self.lr_schedule = lr_schedule
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.warm_start = warm_start
-        self.device = device
-        self.precision = precision
-        self.data_on_device = data_on_device
-        self.compile = compile
-        self.distributed = distributed
-        self.random_state = random_state
-        self.verbose = verbose
+    _parameter_constraints: dict = parameter_constraints()
+    __init__ = estimator_init()
 
     # -- input checks ---------------------------------------------------------------------
 
@@ -615,15 +277,20 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return self._train(X, max_epochs=1, continued=hasattr(self, "module_"), partial=True)
 
     def _train(self, X, *, max_epochs: int, continued: bool, partial: bool = False):
-        ranks = training_ranks(self.distributed)
-        device = resolve_device(self.device, strict=True)
-        if ranks is not None:
-            device = ranks.device(device)
+        X = self._validate_input(X, reset=not continued)
         previous = FittedState.of(self) if continued else None
         rng = self._training_rng(previous)
         rng_before = rng.get_state()
         try:
-            state = self._trained(X, previous, rng, device, ranks, max_epochs, partial)
+            state = training.train(
+                X,
+                Settings.from_params(self.get_params()),
+                seed=int(rng.randint(np.iinfo(np.int32).max)),
+                max_epochs=max_epochs,
+                previous=previous,
+                partial=partial,
+                feature_names_in=getattr(self, "feature_names_in_", None),
+            )
         except BaseException:
             # never keep a half-trained or NaN model: a first fit ends unfitted, a
             # continued one exactly as it was before the call
@@ -634,71 +301,6 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         state.random_state = rng
         state.write_to(self)
         return self
-
-    def _trained(self, X, previous, rng, device, ranks, max_epochs, partial) -> FittedState:
-        """The fitted state after one training call on X (the estimator is not changed
-        but for the input checks' ``n_features_in_`` and ``feature_names_in_``)."""
-        X = self._validate_input(X, reset=previous is None)
-        if previous is None:
-            layout = resolve_layout(X.shape[1:], self.image_shape, self.image_layout)
-        else:
-            layout = previous.layout
-            if len(X) < 2:
-                raise ValueError(
-                    f"Found array with {len(X)} sample(s); training needs at least 2 "
-                    "(a batch of one has no negatives)."
-                )
-        # "auto" choices made (a continued model keeps its own) and impossible
-        # combinations refused, before any training
-        params = self.get_params()
-        for name, value in (previous.chosen if previous is not None else {}).items():
-            if name != "device" and params[name] == "auto" and value is not None:
-                params[name] = value
-        config = TrainingConfig.from_params(params).resolved(layout, device)
-        chosen = {
-            "precision": config.precision,
-            "views": config.views,
-            "flip": config.flip,
-            "device": str(device),
-        }
-        if partial:  # one epoch a call, on a stream: no schedule within it
-            config = dataclasses.replace(config, lr_schedule="constant")
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        if ranks is not None:  # rank 0's, once every process is known to hold the same X
-            seed = ranks.agree(seed, X)
-        train_rows, valid_rows = (None, None) if partial else self._split_rows(len(X), seed)
-        if previous is None:
-            stats = channel_stats(X, layout)
-        else:
-            stats = (previous.input_mean, previous.input_scale)
-        run = train_networks(
-            ArrayBatches(X, layout, *stats, rows=train_rows),
-            None if valid_rows is None else ArrayBatches(X, layout, *stats, valid_rows),
-            config,
-            seed=seed,
-            device=device,
-            max_epochs=max_epochs,
-            fitted=previous,
-            ranks=ranks,
-        )
-        for entry in run.history:  # what this call's epochs ran with
-            entry.update(chosen)
-        if previous is not None:
-            return previous.continued_by(run.module, run.optimizer_state, run.history, **chosen)
-        return FittedState(
-            module=run.module,
-            history=run.history,
-            loss_curve=fitted.loss_curve(run.history),
-            n_iter=len(run.history),
-            input_mean=stats[0],
-            input_scale=stats[1],
-            sample_shape=tuple(X.shape[1:]),
-            layout=layout,
-            n_features_in=self.n_features_in_,
-            feature_names_in=getattr(self, "feature_names_in_", None),
-            optimizer_state=run.optimizer_state,
-            **chosen,
-        )
 
     def _training_rng(self, previous: FittedState | None) -> np.random.RandomState:
         """The RNG stream that seeds each training call, kept as ``random_state_``."""
@@ -711,21 +313,6 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             entropy = [int(self.random_state), int(previous.n_iter)]
             return np.random.RandomState(np.random.SeedSequence(entropy).generate_state(1))
         return check_random_state(self.random_state)
-
-    def _split_rows(self, n: int, seed: int):
-        """Training and held-out rows for ``early_stopping`` (all rows and None without)."""
-        if not self.early_stopping:
-            return None, None
-        n_valid = int(round(self.validation_fraction * n))
-        if n_valid < 2 or n - n_valid < 2:
-            raise ValueError(
-                f"early_stopping with validation_fraction={self.validation_fraction} splits "
-                f"{n} samples into {n - n_valid} for training and {n_valid} held out; each "
-                "part needs at least 2. Pass more samples, change validation_fraction, or "
-                "set early_stopping=False."
-            )
-        order = np.random.default_rng(seed).permutation(n)
-        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
     def transform(self, X) -> np.ndarray:
         """Features of X (by default the code means), float32, computed in batches.
@@ -882,7 +469,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             _upgrade_0_2_pickle(state)
         probe = type(self)(**{name: state[name] for name in self._get_param_names()})
         probe._validate_params()  # sklearn's InvalidParameterError is a ValueError
-        config = TrainingConfig.from_params(probe.get_params())
+        config = Settings.from_params(probe.get_params())
         try:
             rebuilt = None if plain is None else FittedState.from_plain(plain, config)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
@@ -907,3 +494,6 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         tags.input_tags.three_d_array = True
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+DeepInfomaxTransformer.__doc__ = with_parameters(DeepInfomaxTransformer.__doc__)

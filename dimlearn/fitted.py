@@ -10,7 +10,6 @@ files (:mod:`dimlearn.persistence`) and pickles store it as plain values and num
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -18,9 +17,9 @@ import torch
 from skorch.history import History
 from torch import nn
 
-from .config import TrainingConfig
 from .infomax import ALWAYS_KEPT, OPTIONAL_PARTS, module_from_state
 from .inputs import Layout, positive_ints
+from .settings import DEVICE_NAME, Settings
 
 ATTRIBUTES = {
     "module": "module_",
@@ -159,7 +158,7 @@ class FittedState:
         return plain
 
     @classmethod
-    def from_plain(cls, plain: dict, config: TrainingConfig) -> FittedState:
+    def from_plain(cls, plain: dict, config: Settings) -> FittedState:
         """The state :meth:`to_plain` described, networks rebuilt from ``config`` and the
         layout; every field is checked (``ValueError``, ``KeyError`` or ``TypeError`` name
         what makes no sense)."""
@@ -285,17 +284,18 @@ CHOICES = {
 """The values a fitted ``precision_``, ``views_`` and ``flip_`` may take."""
 
 
-def _chosen(fitted: dict, config: TrainingConfig, layout: Layout) -> dict:
+def _chosen(fitted: dict, config: Settings, layout: Layout) -> dict:
     """``precision``, ``views``, ``flip`` and ``device`` as a file or pickle records them;
     where it does not (written by dimlearn 0.3.0 or older), what can be known from the
     parameters (a setting that is not ``"auto"``; ``views="auto"``, which depended on the
     layout alone; ``flip``, which those versions did not have: they mirrored every augmented
     image), else None."""
     chosen = {}
+    params = config.params()
     for field, allowed in CHOICES.items():
         value = fitted.get(ATTRIBUTES[field])
         if value is None:
-            value = getattr(config, field)
+            value = params[field]
             if field == "views" and value == "auto":
                 value = 2 if layout.kind == "image" else 1
             if field == "flip":  # older files: no flip parameter (read as "auto") and flips
@@ -307,7 +307,7 @@ def _chosen(fitted: dict, config: TrainingConfig, layout: Layout) -> dict:
         chosen[field] = value
     device = fitted.get("device_")
     if device is not None and not (
-        isinstance(device, str) and re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?|mps", device)
+        isinstance(device, str) and device != "auto" and DEVICE_NAME.fullmatch(device)
     ):
         raise ValueError(f"device_ is {device!r}, not a device name such as 'cpu' or 'cuda:0'")
     chosen["device"] = device

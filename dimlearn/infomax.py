@@ -3,7 +3,7 @@
 The networks are in :mod:`dimlearn.networks` (encoders) and :mod:`dimlearn.critics`, the
 estimators and the prior in :mod:`dimlearn.objectives`; this module pairs codes with images
 (positives and in-batch negatives) and asks each critic and estimator for its term. It also
-holds the builder of the module from a :class:`~dimlearn.config.TrainingConfig` and a layout,
+holds the builder of the module from a :class:`~dimlearn.settings.Settings` and a layout,
 and the one table of which part of the module each loss term trains.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import TrainingConfig
 from .critics import (
     CRITICS,
     LocalLocalCritic,
@@ -31,6 +30,7 @@ from .objectives import (
     reconstruction_errors,
     sample_code,
 )
+from .settings import Settings
 from .views import corrupt_rows
 
 
@@ -127,7 +127,7 @@ class DeepInfomaxModule(nn.Module):
 
     views: int = 1
     """Views per image in a training batch: 1, or 2 for two-view training (set by the
-    builder from ``config.views``)."""
+    builder from ``config.views.views``)."""
 
     def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The training step's loss terms: :meth:`terms`. Training calls the module itself,
@@ -247,34 +247,34 @@ OPTIONAL_PARTS = (
 weights, so keeping it would only make model files larger."""
 
 
-def trained_parts(config: TrainingConfig) -> set[str]:
+def trained_parts(config: Settings) -> set[str]:
     """The parts of the module that the loss of ``config`` trains (the table of which part
     each term needs: global -> global critic, local -> local critic (and the conv map's,
     with ``local_scales=2``), local-local -> its critic, an adversarial prior -> the
     discriminator, reconstruction -> the decoder; every term trains the encoder)."""
-    weights = config.weights
+    weights = config.objective.weights
     parts = {"encoder"}
     if weights["global"] > 0:
         parts.add("global_critic")
     if weights["local"] > 0:
         parts.add("local_critic")
-        if config.local_scales == 2:
+        if config.architecture.local_scales == 2:
             parts.add("conv_local_critic")
     if weights["local_local"] > 0:
         parts.add("local_local_critic")
-    if weights["prior"] > 0 and config.prior == "adversarial":
+    if weights["prior"] > 0 and config.objective.prior == "adversarial":
         parts.add("prior_discriminator")
     if weights["reconstruction"] > 0:
         parts.add("decoder")
     return parts
 
 
-def kept_parts(config: TrainingConfig) -> set[str]:
+def kept_parts(config: Settings) -> set[str]:
     """The parts a model fitted with ``config`` keeps: those always kept and those trained."""
     return set(ALWAYS_KEPT) | trained_parts(config)
 
 
-def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
+def build_module(config: Settings, layout: Layout) -> DeepInfomaxModule:
     """The encoder and critics for samples of ``layout``. Weights are drawn from torch's
     global RNG.
 
@@ -282,33 +282,47 @@ def build_module(config: TrainingConfig, layout: Layout) -> DeepInfomaxModule:
     --------
     >>> from dimlearn import DeepInfomaxTransformer
     >>> from dimlearn.inputs import resolve_layout
-    >>> config = TrainingConfig.from_params(DeepInfomaxTransformer(width=4).get_params())
+    >>> config = Settings.from_params(DeepInfomaxTransformer(width=4).get_params())
     >>> module = build_module(config, resolve_layout((16, 16, 3), None, "auto"))
     >>> module.encoder.feature_dims
     {'conv': 64, 'fc': 64, 'code': 64}
     """
     if layout.kind == "tabular":
-        tabular = TokenEncoder if config.tabular_encoder == "tokens" else MLPEncoder
-        encoder = tabular(layout.channels, config.latent_dim, config.width)
+        tabular = TokenEncoder if config.architecture.tabular_encoder == "tokens" else MLPEncoder
+        encoder = tabular(
+            layout.channels, config.architecture.latent_dim, config.architecture.width
+        )
     else:
         height, width_px = layout.height_width
-        encoder = ConvEncoder(layout.channels, height, width_px, config.latent_dim, config.width)
+        encoder = ConvEncoder(
+            layout.channels,
+            height,
+            width_px,
+            config.architecture.latent_dim,
+            config.architecture.width,
+        )
     return DeepInfomaxModule(
         encoder,
-        config.latent_dim,
-        critic_hidden=config.critic_hidden,
-        critic=config.critic,
-        negatives=config.negatives,
-        mi_estimator=config.mi_estimator,
-        prior=config.prior,
-        local_local=config.delta > 0,
-        views=config.views if isinstance(config.views, int) else 1,  # "auto": not training
-        temperature=config.temperature,
+        config.architecture.latent_dim,
+        critic_hidden=config.architecture.critic_hidden,
+        critic=config.objective.critic,
+        negatives=config.objective.negatives,
+        mi_estimator=config.objective.mi_estimator,
+        prior=config.objective.prior,
+        local_local=config.objective.delta > 0,
+        views=config.views.views
+        if isinstance(config.views.views, int)
+        else 1,  # "auto": not training
+        temperature=config.objective.temperature,
         reconstructed_features=(
-            layout.channels if config.reconstruction > 0 and layout.kind == "tabular" else None
+            layout.channels
+            if config.objective.reconstruction > 0 and layout.kind == "tabular"
+            else None
         ),
         conv_shape=(
-            encoder.conv_shape if config.local_scales == 2 and layout.kind == "image" else None
+            encoder.conv_shape
+            if config.architecture.local_scales == 2 and layout.kind == "image"
+            else None
         ),
     )
 
@@ -321,7 +335,7 @@ def keep_parts(module: nn.Module, parts: set[str]) -> nn.Module:
     return module
 
 
-def module_from_state(config: TrainingConfig, layout: Layout, state: dict) -> tuple:
+def module_from_state(config: Settings, layout: Layout, state: dict) -> tuple:
     """The networks of ``config`` and ``layout`` holding the weights ``state`` (a
     ``state_dict`` of the parts it has; older models' biases before a BatchNorm layer are
     folded into it, :func:`~dimlearn.networks.fold_old_biases`). Returns the

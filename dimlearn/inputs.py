@@ -299,6 +299,28 @@ class ArrayBatches(torch.utils.data.Dataset):
         return self.take(slice(index, index + 1))[0]
 
 
+def holdout_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows and held-out rows (``early_stopping``): ``round(fraction * n)`` rows
+    drawn with ``seed`` are held out; both in order.
+
+    Examples
+    --------
+    >>> train, held_out = holdout_rows(10, 0.2, seed=0)
+    >>> len(train), len(held_out)
+    (8, 2)
+    """
+    n_valid = int(round(fraction * n))
+    if n_valid < 2 or n - n_valid < 2:
+        raise ValueError(
+            f"early_stopping with validation_fraction={fraction} splits "
+            f"{n} samples into {n - n_valid} for training and {n_valid} held out; each "
+            "part needs at least 2. Pass more samples, change validation_fraction, or "
+            "set early_stopping=False."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
 def even_sizes(total: int, parts: int) -> list[int]:
     """Sizes of ``parts`` consecutive pieces of ``total`` rows, differing by at most one,
     the larger ones first: the sizes of ``np.array_split(np.arange(total), parts)``, without

@@ -236,7 +236,7 @@ def max_token_features(width: int) -> int:
     """The most features ``tabular_encoder="tokens"`` takes at ``width``: 65,536 at 64.
 
     The global critic's summary (its first layer has the critics' ``8 * width`` units,
-    :attr:`~dimlearn.config.TrainingConfig.critic_hidden`) reads at least one channel per
+    :attr:`~dimlearn.settings.Architecture.critic_hidden`) reads at least one channel per
     feature and has at most :data:`MAX_FLAT_WEIGHTS` weights; the encoder's fc layer
     (``4 * width`` units) would take twice as many features.
     """

@@ -31,9 +31,10 @@ import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3, TrainingConfig
+from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3
 from .estimator import DeepInfomaxTransformer
 from .fitted import FittedState
+from .settings import Settings
 
 FORMAT_NAME = "dimlearn.model"
 FORMAT_VERSION = 2
@@ -417,16 +418,6 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
         params["image_shape"] = tuple(params["image_shape"])
     estimator = DeepInfomaxTransformer(**params)
     estimator._validate_params()  # sklearn's InvalidParameterError is a ValueError
-    if params["device"] != "auto":  # any string passes the constraint: is it a device?
-        try:  # parsed only: a model written on a GPU still loads where there is none
-            kind = torch.device(params["device"]).type
-        except (RuntimeError, TypeError, ValueError):
-            kind = None
-        if kind not in ("cpu", "cuda"):
-            raise ModelFileError(
-                f"its device parameter {params['device']!r} is not a device: 'auto', 'cpu', "
-                "'cuda' or 'cuda:N'"
-            )
     plain = {"fitted": payload["fitted"], "history": payload["history"], "weights": {}}
     optimizer: dict = {}
     for key, value in tensors.items():
@@ -441,6 +432,6 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
     if payload["training_state"]:
         plain["optimizer"] = optimizer
         plain["random_state"] = payload["random_state_"]
-    state = FittedState.from_plain(plain, TrainingConfig.from_params(estimator.get_params()))
+    state = FittedState.from_plain(plain, Settings.from_params(estimator.get_params()))
     state.write_to(estimator)
     return estimator

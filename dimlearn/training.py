@@ -1,12 +1,14 @@
-"""One training call, start to end: build the networks, wire skorch's callbacks, continue
-from a fitted state, train (alone or data-parallel), and collect what it leaves behind."""
+"""One training call, start to end: read the data, make the settings' ``"auto"`` choices,
+build the networks, wire skorch's callbacks, continue from a fitted state, train (alone or
+data-parallel), and return the fitted state it leaves behind (:func:`train`)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from skorch.callbacks import PassthroughScoring, ProgressBar
 from skorch.history import History
@@ -23,14 +25,23 @@ from .callbacks import (
     deferred_sigint,
     finish_history,
 )
-from .config import TrainingConfig
-from .distributed import Ranks, data_parallel
-from .fitted import FittedState
+from .config import resolved
+from .devices import native_bfloat16, resolve_device
+from .distributed import Ranks, data_parallel, training_ranks
+from .fitted import FittedState, loss_curve
 from .infomax import build_module, keep_parts, kept_parts, trained_parts
-from .inputs import ArrayBatches, OrderedBatches, ShuffledBatches
+from .inputs import (
+    ArrayBatches,
+    OrderedBatches,
+    ShuffledBatches,
+    channel_stats,
+    holdout_rows,
+    resolve_layout,
+)
 from .net import DeepInfomaxNet, FixedSplit, plain_module
 from .objectives import DeepInfomaxLoss
 from .optimizer_state import named_optimizer_state, set_named_optimizer_state
+from .settings import Settings
 
 DEVICE_MEMORY_SHARE = 0.5
 """``data_on_device="auto"`` copies the training set to a CUDA device when it takes at most
@@ -51,10 +62,96 @@ class TrainingCall:
     history: History
 
 
+def train(
+    X: np.ndarray,
+    settings: Settings,
+    *,
+    seed: int,
+    max_epochs: int,
+    previous: FittedState | None = None,
+    partial: bool = False,
+    feature_names_in=None,
+) -> FittedState:
+    """One training call of the estimator on validated ``X``: the fitted state it leaves.
+
+    ``settings`` are the estimator's parameters; their ``"auto"`` choices are made for the
+    data and the device here (a continued model, ``previous``, keeps its own where the
+    parameter is still ``"auto"``), and impossible combinations are refused before any
+    training. ``partial``: one epoch of ``partial_fit`` (no schedule, nothing held out).
+    All randomness comes from ``seed``. Nothing outside the returned state is changed.
+    """
+    ranks = training_ranks(settings.runtime.distributed)
+    device = resolve_device(settings.runtime.device, strict=True)
+    if ranks is not None:
+        device = ranks.device(device)
+        seed = ranks.agree(seed, X)  # rank 0's, once every process holds the same X
+    if previous is None:
+        layout = resolve_layout(X.shape[1:], settings.data.image_shape, settings.data.image_layout)
+    else:
+        layout = previous.layout
+        if len(X) < 2:
+            raise ValueError(
+                f"Found array with {len(X)} sample(s); training needs at least 2 "
+                "(a batch of one has no negatives)."
+            )
+    if previous is not None:  # a continued model keeps what its "auto" settings chose
+        params = settings.params()
+        for name, value in previous.chosen.items():
+            if name != "device" and params[name] == "auto" and value is not None:
+                params[name] = value
+        settings = Settings.from_params(params)
+    config = resolved(
+        settings, layout, native_bfloat16=native_bfloat16(device), device_type=device.type
+    )
+    chosen = {
+        "precision": config.runtime.precision,
+        "views": config.views.views,
+        "flip": config.views.flip,
+        "device": str(device),
+    }
+    if previous is None:  # a pass over X: after every check of the settings
+        stats = channel_stats(X, layout)
+    else:
+        stats = (previous.input_mean, previous.input_scale)
+    if partial:  # one epoch a call, on a stream: no schedule within it
+        config = replace(config, optimisation=replace(config.optimisation, lr_schedule="constant"))
+    train_rows, valid_rows = None, None
+    if config.optimisation.early_stopping and not partial:
+        train_rows, valid_rows = holdout_rows(len(X), config.optimisation.validation_fraction, seed)
+    run = train_networks(
+        ArrayBatches(X, layout, *stats, rows=train_rows),
+        None if valid_rows is None else ArrayBatches(X, layout, *stats, valid_rows),
+        config,
+        seed=seed,
+        device=device,
+        max_epochs=max_epochs,
+        fitted=previous,
+        ranks=ranks,
+    )
+    for entry in run.history:  # what this call's epochs ran with
+        entry.update(chosen)
+    if previous is not None:
+        return previous.continued_by(run.module, run.optimizer_state, run.history, **chosen)
+    return FittedState(
+        module=run.module,
+        history=run.history,
+        loss_curve=loss_curve(run.history),
+        n_iter=len(run.history),
+        input_mean=stats[0],
+        input_scale=stats[1],
+        sample_shape=tuple(X.shape[1:]),
+        layout=layout,
+        n_features_in=int(np.prod(X.shape[1:])),
+        feature_names_in=feature_names_in,
+        optimizer_state=run.optimizer_state,
+        **chosen,
+    )
+
+
 def train_networks(
     dataset: ArrayBatches,
     valid_dataset: ArrayBatches | None,
-    config: TrainingConfig,
+    config: Settings,
     *,
     seed: int,
     device: torch.device,
@@ -75,7 +172,9 @@ def train_networks(
     on its part of every batch, and returns the same result.
     """
     if ranks is not None:
-        ranks.check_batches(dataset.batch_sizes(config.batch_size), config.batch_size)
+        ranks.check_batches(
+            dataset.batch_sizes(config.optimisation.batch_size), config.optimisation.batch_size
+        )
     # the call's randomness comes from generators it owns (shuffle on the host; code
     # samples, negatives and augmentation on the device); only the initial weights, which
     # nn.Module draws from the global generator, are drawn under a fork of the CPU one
@@ -118,7 +217,7 @@ def train_networks(
 
 def build_net(
     module: nn.Module,
-    config: TrainingConfig,
+    config: Settings,
     dataset: ArrayBatches,
     *,
     max_epochs: int,
@@ -140,27 +239,27 @@ def build_net(
     does a Ctrl-C during :func:`fit_net` (``net.stop_request``). With ``ranks`` each process
     trains on its part of every batch and only rank 0 prints.
     """
-    criterion = DeepInfomaxLoss(config.weights)
+    criterion = DeepInfomaxLoss(config.objective.weights)
     callbacks = [
         (f"train_{name}", PassthroughScoring(name=f"train_{name}", on_train=True))
         for name in criterion.active_terms
     ]
-    if config.lr_schedule == "cosine":
-        callbacks.append(("lr_schedule", CosineSchedule(max_epochs, config.max_time)))
+    if config.optimisation.lr_schedule == "cosine":
+        callbacks.append(("lr_schedule", CosineSchedule(max_epochs, config.optimisation.max_time)))
     if valid_dataset is not None:
         stopping = BestEpochEarlyStopping(
             monitor="valid_loss",
-            patience=config.n_iter_no_change,
-            threshold=config.tol,
+            patience=config.optimisation.n_iter_no_change,
+            threshold=config.optimisation.tol,
             threshold_mode="abs",
             load_best=True,
         )
         callbacks.append(("early_stopping", stopping))
-    if config.max_time is not None:
-        callbacks.append(("time_budget", TimeBudget(config.max_time)))
+    if config.optimisation.max_time is not None:
+        callbacks.append(("time_budget", TimeBudget(config.optimisation.max_time)))
     stop_request = StopRequest()
     callbacks.append(("stop_request", StopAtBatchEnd(stop_request)))
-    verbose = int(config.verbose) if ranks is None or ranks.rank == 0 else 0
+    verbose = int(config.runtime.verbose) if ranks is None or ranks.rank == 0 else 0
     if ranks is not None:
         callbacks.append(("whole_batch_size", WholeBatchSize()))
     if verbose:
@@ -171,9 +270,9 @@ def build_net(
         module,
         criterion=criterion,
         optimizer=torch.optim.Adam,
-        lr=config.lr,
+        lr=config.optimisation.lr,
         max_epochs=max_epochs,
-        batch_size=config.batch_size,
+        batch_size=config.optimisation.batch_size,
         iterator_train=ShuffledBatches,
         iterator_train__device=device,
         iterator_train__pin_memory=on_cuda,
@@ -182,27 +281,27 @@ def build_net(
         iterator_train__parts=None if ranks is None else ranks.part,
         iterator_valid=OrderedBatches,
         iterator_valid__device=device,
-        compile=bool(config.compile),
+        compile=bool(config.runtime.compile),
         train_split=None if valid_dataset is None else FixedSplit(valid_dataset),
         callbacks=callbacks,
         device=device,
         verbose=verbose,
-        augment=bool(config.augment),
-        views=config.views,
-        flip=bool(config.flip),
+        augment=bool(config.views.augment),
+        views=config.views.views,
+        flip=bool(config.views.flip),
         kind=dataset.layout.kind,
         channels_last=on_cuda and dataset.layout.kind == "image",
         generator=generators[1],
-        precision=config.precision,
+        precision=config.runtime.precision,
         ranks=ranks,
         stop_request=stop_request,
     )
 
 
-def keeps_data_on_device(dataset: ArrayBatches, config: TrainingConfig, device) -> bool:
+def keeps_data_on_device(dataset: ArrayBatches, config: Settings, device) -> bool:
     """Whether the whole training set goes to the device once (``data_on_device``)."""
-    if config.data_on_device != "auto":
-        return bool(config.data_on_device)
+    if config.runtime.data_on_device != "auto":
+        return bool(config.runtime.data_on_device)
     if device.type != "cuda":
         return False  # on the CPU a resident copy is only a second copy of X
     free, _ = torch.cuda.mem_get_info(device)
@@ -302,7 +401,7 @@ def _warn_interrupted(net: DeepInfomaxNet, cut: dict | None) -> None:
     )
 
 
-def _fit_data_parallel(net, dataset, config: TrainingConfig, ranks: Ranks, frozen: set[str]):
+def _fit_data_parallel(net, dataset, config: Settings, ranks: Ranks, frozen: set[str]):
     """:func:`fit_net` with the module wrapped in ``DistributedDataParallel`` (compiled
     around the wrapper with ``compile=True``), unwrapped again afterwards; the ``frozen``
     parts, which no term trains, take no gradient. A failure in one process ends the
@@ -310,7 +409,7 @@ def _fit_data_parallel(net, dataset, config: TrainingConfig, ranks: Ranks, froze
     before = net.module_
     device = torch.device(net.device)
     with ranks.training(), data_parallel(plain_module(net), ranks, device, frozen) as wrapped:
-        net.module_ = net.torch_compile(wrapped, "module") if config.compile else wrapped
+        net.module_ = net.torch_compile(wrapped, "module") if config.runtime.compile else wrapped
         try:
             fit_net(net, dataset)
         finally:

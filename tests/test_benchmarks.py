@@ -126,7 +126,7 @@ def test_bare_loop_trains_the_module_it_builds(monkeypatch):
     X = speed.synthetic_images(16)
     speed.torch.manual_seed(0)
     untouched = spy(
-        speed.TrainingConfig.from_params(speed.DeepInfomaxTransformer(width=4).get_params()),
+        speed.Settings.from_params(speed.DeepInfomaxTransformer(width=4).get_params()),
         speed.resolve_layout(X.shape[1:], None, "auto"),
     ).state_dict()
     assert speed.bare_torch_fit(X, width=4, epochs=1, batch_size=8, lr=1e-3, seed=0) > 0

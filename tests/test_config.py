@@ -1,30 +1,32 @@
-"""The typed, frozen settings built once from the estimator's parameters."""
+"""The settings (one source for the parameters) and their resolution for one training call."""
 
 import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TERM_NAMES, TrainingConfig
+from dimlearn.config import resolved
+from dimlearn.settings import TERM_NAMES, Settings
 
 
-def test_the_config_holds_the_parameters_of_the_same_names():
+def test_the_settings_hold_the_parameters_of_the_same_names():
     params = DeepInfomaxTransformer(alpha=0.5, width=16, lr=3e-4).get_params()
-    config = TrainingConfig.from_params(params)
-    for field in dataclasses.fields(config):
-        assert getattr(config, field.name) == params[field.name]
-    assert config.weights == dict(zip(TERM_NAMES, (0.5, 1.0, 0.1, 0.0, 0.0), strict=True))
-    assert config.critic_hidden == 128
+    settings = Settings.from_params(params)
+    assert settings.params() == params
+    assert settings.objective.alpha == 0.5 and settings.optimisation.lr == 3e-4
+    assert settings.objective.weights == dict(
+        zip(TERM_NAMES, (0.5, 1.0, 0.1, 0.0, 0.0), strict=True)
+    )
+    assert settings.architecture.critic_hidden == 128
 
 
-def test_the_config_is_frozen_and_misses_no_parameter():
-    config = TrainingConfig.from_params(DeepInfomaxTransformer().get_params())
+def test_the_settings_are_frozen_and_miss_no_parameter():
+    settings = Settings.from_params(DeepInfomaxTransformer().get_params())
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.lr = 1.0
+        settings.optimisation.lr = 1.0
     with pytest.raises(KeyError):
-        TrainingConfig.from_params({"alpha": 0.0})
+        Settings.from_params({"alpha": 0.0})
 
 
 def layout(shape):
@@ -33,16 +35,16 @@ def layout(shape):
     return resolve_layout(shape, None, "auto")
 
 
-def test_auto_precision_is_bfloat16_only_where_the_device_computes_it(monkeypatch):
-    import dimlearn.config
+def resolve(params, shape, native=False, device_type="cpu"):
+    settings = Settings.from_params(DeepInfomaxTransformer(**params).get_params())
+    return resolved(settings, layout(shape), native_bfloat16=native, device_type=device_type)
 
-    config = TrainingConfig.from_params(DeepInfomaxTransformer(precision="auto").get_params())
-    cpu = torch.device("cpu")
+
+def test_auto_precision_is_bfloat16_only_where_the_device_computes_it():
     for native, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device, n=native: n)
-        assert config.resolved(layout((8, 8)), cpu).precision == expected
-    pinned = dataclasses.replace(config, precision="float32")
-    assert pinned.resolved(layout((8, 8)), cpu).precision == "float32"
+        assert resolve({}, (8, 8), native).runtime.precision == expected
+        assert resolve({}, (5,), native).runtime.precision == "float32"  # table rows
+    assert resolve({"precision": "float32"}, (8, 8), True).runtime.precision == "float32"
 
 
 @pytest.mark.parametrize(
@@ -57,11 +59,9 @@ def test_auto_precision_is_bfloat16_only_where_the_device_computes_it(monkeypatc
     ],
 )
 def test_auto_flip_mirrors_colour_images_only(shape, flip):
-    config = TrainingConfig.from_params(DeepInfomaxTransformer().get_params())
-    assert config.resolved(layout(shape), torch.device("cpu")).flip is flip
+    assert resolve({}, shape).views.flip is flip
     for pinned in (True, False) if len(shape) > 1 else (False,):
-        again = dataclasses.replace(config, flip=pinned)
-        assert again.resolved(layout(shape), torch.device("cpu")).flip is pinned
+        assert resolve({"flip": pinned}, shape).views.flip is pinned
 
 
 @pytest.mark.parametrize(
@@ -78,9 +78,8 @@ def test_auto_flip_mirrors_colour_images_only(shape, flip):
     ],
 )
 def test_combinations_that_cannot_train_are_refused_with_the_fix(params, shape, match):
-    config = TrainingConfig.from_params(DeepInfomaxTransformer(**params).get_params())
     with pytest.raises(ValueError, match=match):
-        config.resolved(layout(shape), torch.device("cpu"))
+        resolve(params, shape)
 
 
 # -- what "auto" resolved to is kept: fitted attributes, history, files, continued fits ----
@@ -94,9 +93,9 @@ def _auto(fast, **params):
 def test_the_resolved_settings_are_fitted_attributes_and_in_the_history(
     monkeypatch, digit_images, fast, native, precision
 ):
-    import dimlearn.config
+    import dimlearn.training
 
-    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(dimlearn.training, "native_bfloat16", lambda device: native)
     X, _ = digit_images
     dim = _auto(fast).fit(X[:64])
     assert (dim.precision_, dim.views_, dim.flip_, dim.device_) == (precision, 2, False, "cpu")
@@ -117,9 +116,9 @@ def test_the_resolved_settings_survive_model_files_and_pickles(
     import pickle
 
     import dimlearn
-    import dimlearn.config
+    import dimlearn.training
 
-    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(dimlearn.training, "native_bfloat16", lambda device: True)
     X, _ = digit_images
     dim = _auto(fast).fit(X[:64])
     for copy in (
@@ -140,15 +139,15 @@ def test_a_continued_fit_keeps_the_choices_it_was_trained_with(
     monkeypatch, digit_images, fast, tmp_path
 ):
     import dimlearn
-    import dimlearn.config
+    import dimlearn.training
 
     X, _ = digit_images
-    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(dimlearn.training, "native_bfloat16", lambda device: True)
     path = dimlearn.save(
         _auto(fast).fit(X[:64]), tmp_path / "dim.safetensors", include_training_state=True
     )
     # continued on a machine without native bfloat16: still the model's own bfloat16
-    monkeypatch.setattr(dimlearn.config, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr(dimlearn.training, "native_bfloat16", lambda device: False)
     continued = dimlearn.load(path).set_params(warm_start=True).fit(X[:64])
     assert continued.precision_ == "bfloat16"
     assert list(continued.history_[:, "precision"]) == ["bfloat16"] * 4

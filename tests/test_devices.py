@@ -16,10 +16,35 @@ def test_auto_and_cpu_resolve_without_a_word():
         assert resolve_device("auto").type == expected
 
 
-@pytest.mark.parametrize("device", ["gpu0", "tpu", 3.5])
-def test_unknown_devices_are_refused_with_the_choices(device):
-    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
-        resolve_device(device)
+@pytest.mark.parametrize(
+    "device",
+    ["gpu0", "tpu", "CPU", " cpu", "cuda:", "cuda:x", "cuda:1234", "cuda:0 ", "mps:0", 3.5],
+)
+def test_the_device_parameter_takes_exactly_the_device_names(device):
+    """The one check of a device's name: the parameter's constraint, which ``fit``,
+    ``set_params``, model files, pickles and skops files all go through."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from dimlearn import DeepInfomaxTransformer
+
+    with pytest.raises(InvalidParameterError, match="'auto', 'cpu', 'cuda', 'cuda:N'"):
+        DeepInfomaxTransformer(device=device)._validate_params()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_every_device_name_passes_the_constraint(device):
+    from dimlearn import DeepInfomaxTransformer
+
+    DeepInfomaxTransformer(device=device)._validate_params()
+    DeepInfomaxTransformer(device=torch.device("cpu"))._validate_params()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without Apple's GPU")
+def test_mps_without_mps_is_an_error_in_fit_and_a_warning_elsewhere():
+    with pytest.raises(ValueError, match="MPS .* is not available here"):
+        resolve_device("mps", strict=True)
+    with pytest.warns(UserWarning, match="running on the CPU"):
+        assert resolve_device("mps", strict=False) == torch.device("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TrainingConfig
 from dimlearn.fitted import ATTRIBUTES, FittedState, clear, rng_from_plain, rng_to_plain
+from dimlearn.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_the_state_round_trips_through_plain_data(fitted):
     plain = FittedState.of(dim).to_plain(include_training_state=True)
     assert plain_only(plain)
     json.dumps({k: v for k, v in plain.items() if k not in ("weights", "optimizer")})
-    config = TrainingConfig.from_params(dim.get_params())
+    config = Settings.from_params(dim.get_params())
     state = FittedState.from_plain(plain, config)
     other = DeepInfomaxTransformer(**dim.get_params())
     state.write_to(other)
@@ -53,7 +53,7 @@ def test_without_training_state_only_what_transform_and_score_need(fitted):
     plain = FittedState.of(dim).to_plain(include_training_state=False)
     assert {key.split(".")[0] for key in plain["weights"]} == {"encoder", "local_critic"}
     assert "optimizer" not in plain and "random_state" not in plain
-    state = FittedState.from_plain(plain, TrainingConfig.from_params(dim.get_params()))
+    state = FittedState.from_plain(plain, Settings.from_params(dim.get_params()))
     assert not state.has_training_state and state.module.global_critic is None
 
 
@@ -72,7 +72,7 @@ def test_plain_data_that_makes_no_sense_is_refused(fitted, edit, match):
     plain = FittedState.of(dim).to_plain(include_training_state=False)
     edit(plain)
     with pytest.raises((ValueError, TypeError), match=match):
-        FittedState.from_plain(plain, TrainingConfig.from_params(dim.get_params()))
+        FittedState.from_plain(plain, Settings.from_params(dim.get_params()))
 
 
 def test_clearing_removes_every_fitted_attribute(fitted):

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TrainingConfig
 from dimlearn.infomax import (
     DeepInfomaxModule,
     build_module,
@@ -15,10 +14,11 @@ from dimlearn.infomax import (
 )
 from dimlearn.inputs import resolve_layout
 from dimlearn.networks import ConvEncoder, MLPEncoder, TokenEncoder
+from dimlearn.settings import Settings
 
 
 def config(**params):
-    return TrainingConfig.from_params(
+    return Settings.from_params(
         DeepInfomaxTransformer(width=4, latent_dim=8, **params).get_params()
     )
 
@@ -158,7 +158,7 @@ def test_weights_that_do_not_fit_the_networks_are_named():
     assert folded == [] and module.state_dict().keys() == state.keys()
     with pytest.raises(ValueError, match=r"encoder.to_code.weight is \(16, 64\)"):
         module_from_state(
-            TrainingConfig.from_params(DeepInfomaxTransformer(width=4, latent_dim=4).get_params()),
+            Settings.from_params(DeepInfomaxTransformer(width=4, latent_dim=4).get_params()),
             layout,
             state,
         )

@@ -11,9 +11,9 @@ import torch
 
 import dimlearn
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TrainingConfig
 from dimlearn.infomax import build_module
 from dimlearn.inputs import resolve_layout
+from dimlearn.settings import Settings
 
 
 def _images(n=64, side=16, seed=0):
@@ -21,7 +21,7 @@ def _images(n=64, side=16, seed=0):
 
 
 def _module(**params):
-    config = TrainingConfig.from_params(
+    config = Settings.from_params(
         DeepInfomaxTransformer(width=4, latent_dim=8, views=1, **params).get_params()
     )
     return build_module(config, resolve_layout((16, 16, 3), None, "auto")).eval()

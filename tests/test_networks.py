@@ -83,11 +83,11 @@ def _table_module(n_features, width=64):
     """The default networks for rows of ``n_features``, on the meta device (shapes only,
     no memory), as a fit or a model file builds them."""
     from dimlearn import DeepInfomaxTransformer
-    from dimlearn.config import TrainingConfig
     from dimlearn.infomax import build_module
     from dimlearn.inputs import resolve_layout
+    from dimlearn.settings import Settings
 
-    config = TrainingConfig.from_params(DeepInfomaxTransformer(width=width).get_params())
+    config = Settings.from_params(DeepInfomaxTransformer(width=width).get_params())
     with torch.device("meta"):
         return build_module(config, resolve_layout((n_features,), None, "auto"))
 

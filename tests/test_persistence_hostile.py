@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 
 import dimlearn.persistence
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load, save
-from dimlearn.config import TrainingConfig
 from dimlearn.infomax import build_module, keep_parts, kept_parts
 from dimlearn.inputs import Layout
 from dimlearn.persistence import _digest
+from dimlearn.settings import Settings
 
 FORGED_BYTES = 20 * 2**30
 """What the forged files below ask for: 20 GiB of weights."""
@@ -60,7 +60,7 @@ def weight_bytes(payload) -> int:
     """The bytes of float32 weights the networks a description asks for would take."""
     params = payload["params"]
     params["image_shape"] = tuple(params["image_shape"]) if params["image_shape"] else None
-    config = TrainingConfig.from_params(DeepInfomaxTransformer(**params).get_params())
+    config = Settings.from_params(DeepInfomaxTransformer(**params).get_params())
     layout = Layout.from_plain(payload["fitted"]["layout"])
     with torch.device("meta"):
         module = keep_parts(build_module(config, layout), kept_parts(config))
@@ -327,8 +327,8 @@ def test_a_skops_file_that_replaces_a_method_is_refused(colour_model, tmp_path, 
 
 
 def test_a_device_that_is_no_device_is_refused_on_load(model_file, tmp_path):
-    """The device parameter is any string to scikit-learn's constraints: a file naming no
-    device is refused on load, not at the first ``transform``; one naming a GPU loads."""
+    """A file naming no device is refused on load by the parameter's constraint (the one
+    check of a device's name), not at the first ``transform``; one naming a GPU loads."""
     data = model_file.read_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     metadata = header["__metadata__"]
@@ -343,7 +343,7 @@ def test_a_device_that_is_no_device_is_refused_on_load(model_file, tmp_path):
             _with_header(data, {**header, "__metadata__": signed})
         )
         if refused:
-            with pytest.raises(ModelFileError, match="is not a device"):
+            with pytest.raises(ModelFileError, match="'auto', 'cpu', 'cuda', 'cuda:N'"):
                 load(tmp_path / "m.safetensors")
         else:
             assert load(tmp_path / "m.safetensors").device == device

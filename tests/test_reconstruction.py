@@ -107,12 +107,12 @@ def test_the_term_corrupts_rows_as_scarf_does():
 def test_combinations_that_cannot_train_are_refused_before_training(
     params, shape, message, fast, monkeypatch
 ):
-    import dimlearn.estimator as estimator_module
+    import dimlearn.training as training_module
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started before the combination was refused")
 
-    monkeypatch.setattr(estimator_module, "train_networks", no_training)
+    monkeypatch.setattr(training_module, "train_networks", no_training)
     X = np.random.default_rng(0).random(shape).astype(np.float32)
     with pytest.raises(ValueError, match=message):
         DeepInfomaxTransformer(**fast, **params).fit(X)

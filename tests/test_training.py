@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from dimlearn import DeepInfomaxTransformer
-from dimlearn.config import TrainingConfig
 from dimlearn.inputs import ArrayBatches, channel_stats, resolve_layout
+from dimlearn.settings import Settings
 from dimlearn.training import keeps_data_on_device, train_networks
 
 
@@ -16,7 +16,7 @@ def dataset(n=40):
 
 
 def config(**params):
-    return TrainingConfig.from_params(
+    return Settings.from_params(
         DeepInfomaxTransformer(width=4, latent_dim=4, **params).get_params()
     )
 
