@@ -43,8 +43,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from .settings import TERM_NAMES, WEIGHT_NAMES
 from .inputs import _guess_channels_last
+from .settings import TERM_NAMES, WEIGHT_NAMES
 
 PAGE_FILES = ("index.html", "browse.js", "browse.css")
 """The page itself: package data under ``dimlearn/browse_page/``, copied as they are."""

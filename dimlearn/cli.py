@@ -18,13 +18,16 @@ import csv
 import os
 import sys
 import warnings
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .estimator import DeepInfomaxTransformer
 from .images import load_images
 from .persistence import load, save
+from .settings import SETTINGS
 
 USAGE_ERROR = 2
 
@@ -74,31 +77,14 @@ def _load_model(path: str) -> DeepInfomaxTransformer:
 
 
 def _cmd_fit(args) -> None:
-    if args.augment and args.views != "1":
+    if args.augment and args.views != 1:
         raise UsageError(
             f"--augment crops and flips the one view of --views 1, but --views {args.views} "
             "trains two views of each image, each already augmented (crop, flip, colour "
             "jitter, greyscale). Add --views 1 to train one augmented view, or drop --augment."
         )
     images, _ = _read_images(args.images, args.size, "L" if args.grey else "RGB", args.verbose)
-    params = dict(
-        latent_dim=args.latent_dim,
-        width=args.width,
-        max_epochs=args.max_epochs,
-        max_time=args.max_time,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        alpha=args.alpha,
-        beta=args.beta,
-        gamma=args.gamma,
-        augment=args.augment,
-        views=args.views if args.views == "auto" else int(args.views),
-        flip={"auto": "auto", "yes": True, "no": False}[args.flip],
-        precision=args.precision,
-        device=args.device,
-        random_state=args.seed,
-        verbose=int(args.verbose),
-    )
+    params = {name: getattr(args, name) for name, s in SETTINGS.items() if not s.python_only}
     model = DeepInfomaxTransformer(**params).fit(images)
     save(model, args.out, include_training_state=args.include_training_state)
     views = "1 view" if model.views_ == 1 else f"{model.views_} views"
@@ -107,6 +93,82 @@ def _cmd_fit(args) -> None:
         f"fitted on {len(images)} images ({model.n_iter_} epochs on {model.device_}, "
         f"{model.precision_}, {views}; final loss {model.loss_curve_[-1]:.4f}); model "
         f"written to {args.out}"
+    )
+
+
+COMMAND_LINE_DEFAULTS = {"random_state": 0, "verbose": 1}
+"""Where ``dimlearn fit`` differs from the estimator's defaults: a fixed seed (the same
+command gives the same model) and a progress bar."""
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _parser_of(setting):
+    """A function from a flag's text to the setting's value, by its constraints."""
+    constraints = setting.constraints
+
+    def parse(text: str):
+        word = text.strip().lower()
+        if None in constraints and word == "none":
+            return None
+        for constraint in constraints:
+            if isinstance(constraint, StrOptions) and constraint.is_satisfied_by(text):
+                return text
+        if "boolean" in constraints and word in _TRUE + _FALSE:
+            return word in _TRUE
+        for constraint in constraints:
+            integral = (
+                constraint == "random_state"
+                or constraint == "verbose"
+                or (isinstance(constraint, Interval) and constraint.type is Integral)
+            )
+            real = isinstance(constraint, Interval) and constraint.type is Real
+            try:
+                if integral and not real:
+                    return int(text)
+                if real:
+                    return float(text)
+            except ValueError:
+                continue
+        raise argparse.ArgumentTypeError(f"{text!r} is not {setting.kind}")
+
+    parse.__name__ = setting.name  # argparse names it in its error message
+    return parse
+
+
+def add_setting_flags(command: argparse.ArgumentParser) -> None:
+    """A flag for every setting the command line carries (:mod:`dimlearn.settings`), with
+    the estimator's default, and the Python-only ones listed in the epilog."""
+    for name, setting in SETTINGS.items():
+        if setting.python_only:
+            continue
+        default = COMMAND_LINE_DEFAULTS.get(name, setting.default)
+        help_text = f"{setting.help} ({default})".replace("%", "%%")
+        if setting.constraints == ("boolean",):
+            command.add_argument(
+                setting.flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
+            continue
+        options = [c for c in setting.constraints if type(c) is StrOptions]
+        choices = sorted(options[0].options) if len(setting.constraints) == 1 and options else None
+        command.add_argument(
+            setting.flag,
+            dest=name,
+            type=_parser_of(setting),
+            default=default,
+            choices=choices,
+            metavar=None if choices else name.upper(),
+            help=help_text,
+        )
+    python_only = [s for s in SETTINGS.values() if s.python_only]
+    command.epilog = (
+        "Python-only settings (DeepInfomaxTransformer's parameters without a flag): "
+        + "; ".join(f"{s.name} ({s.cli.why})" for s in python_only)
+        + "."
     )
 
 
@@ -280,53 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument("--size", type=int, default=32, help="side images are fitted to (32)")
     fit.add_argument("--grey", action="store_true", help="read images as greyscale")
-    defaults = DeepInfomaxTransformer().get_params()  # the estimator's, never copied here
-    fit.add_argument("--max-time", type=float, default=defaults["max_time"], help="budget, s")
-    for flag, kind, what in (
-        ("--max-epochs", int, "passes over the images"),
-        ("--latent-dim", int, "code size"),
-        ("--width", int, "network width"),
-        ("--batch-size", int, "images per step"),
-        ("--lr", float, "Adam's learning rate"),
-        ("--alpha", float, "global MI weight"),
-        ("--beta", float, "local MI weight"),
-        ("--gamma", float, "prior weight"),
-    ):
-        default = defaults[flag[2:].replace("-", "_")]
-        fit.add_argument(flag, type=kind, default=default, help=f"{what} ({default})")
-    fit.add_argument(
-        "--views",
-        choices=["auto", "1", "2"],
-        default=str(defaults["views"]),
-        help=f"views of each image per step; auto is 2 for images ({defaults['views']})",
-    )
-    fit.add_argument(
-        "--flip",
-        choices=["auto", "yes", "no"],
-        default="auto",
-        help="mirror augmented images at random; auto: colour images yes, grey ones (--grey) no",
-    )
-    fit.add_argument(
-        "--augment", action="store_true", help="random crops and flips of one view (--views 1)"
-    )
-    fit.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default=defaults["precision"],
-        help="arithmetic of a training step; auto is bfloat16 where the device computes it "
-        f"natively, else float32 ({defaults['precision']})",
-    )
-    fit.add_argument(
-        "--device",
-        default=defaults["device"],
-        help=f"auto, cpu, cuda or cuda:N ({defaults['device']})",
-    )
-    fit.add_argument("--seed", type=int, default=0)
+    add_setting_flags(fit)
     fit.add_argument(
         "--include-training-state", action="store_true", help="keep what continued training needs"
     )
-    fit.add_argument("-q", "--quiet", dest="verbose", action="store_false")
-    fit.set_defaults(run=_cmd_fit, verbose=True)
+    fit.add_argument(
+        "-q", "--quiet", dest="verbose", action="store_const", const=0, help="same as --verbose 0"
+    )
+    fit.set_defaults(run=_cmd_fit)
 
     transform = commands.add_parser("transform", help="write the codes of IMAGES")
     transform.add_argument("model", metavar="MODEL")

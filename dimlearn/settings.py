@@ -18,8 +18,8 @@ Examples
 >>> settings = Settings.from_params({**defaults(), "alpha": 0.5})
 >>> settings.objective.alpha, settings.architecture.width
 (0.5, 64)
->>> SETTINGS["alpha"].group, SETTINGS["alpha"].flag
-('objective', '--alpha')
+>>> SETTINGS["alpha"].group, SETTINGS["alpha"].flag, SETTINGS["alpha"].help
+('objective', '--alpha', 'weight of the global MI term')
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ TERM_NAMES = ("global", "local", "prior", "local_local", "reconstruction")
 WEIGHT_NAMES = ("alpha", "beta", "gamma", "delta", "reconstruction")
 """The estimator's parameters that weigh the terms of :data:`TERM_NAMES`, in their order."""
 
-PYTHON_ONLY = "python-only"
+
+@dataclass(frozen=True)
+class PythonOnly:
+    """``cli=`` of a setting that ``dimlearn fit`` has no flag for, and why."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -54,31 +59,20 @@ class Setting:
     constraints: tuple
     kind: str
     doc: str
-    cli: str | bool
-    help: str | None
+    help: str
+    cli: bool | str | PythonOnly
+
+    @property
+    def python_only(self) -> bool:
+        """Whether the command line has no flag for it (:class:`PythonOnly`)."""
+        return isinstance(self.cli, PythonOnly)
 
     @property
     def flag(self) -> str | None:
         """The flag of ``dimlearn fit`` that carries it, or None for Python-only settings."""
-        if self.cli is False or self.cli == PYTHON_ONLY:
+        if self.python_only:
             return None
         return self.cli if isinstance(self.cli, str) else "--" + self.name.replace("_", "-")
-
-    @property
-    def python_only(self) -> bool:
-        return self.flag is None
-
-    @property
-    def why_python_only(self) -> str | None:
-        """Why the command line does not carry it (from ``cli=``), or None."""
-        return self.help if self.python_only else None
-
-    @property
-    def summary(self) -> str:
-        """The first sentence of its documentation, on one line."""
-        text = " ".join(self.doc.split())
-        match = re.match(r"(.+?[.:])(\s|$)", text)
-        return match.group(1).rstrip(":.") if match else text
 
     def numpydoc(self) -> str:
         """Its entry in a numpydoc Parameters section."""
@@ -90,20 +84,19 @@ def _shown(value) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
-def setting(default, constraints, *, kind: str, doc: str, cli=True, help=None):
+def setting(default, constraints, *, kind: str, doc: str, help: str, cli=True):
     """A field of a settings group: the parameter's default, its scikit-learn constraints
     (as ``_parameter_constraints`` takes them), ``kind`` (the type written in its docs),
-    ``doc`` (its description in the estimator's docstring, numpydoc), and ``cli``: True for
-    a flag of ``dimlearn fit`` named after it, a string for a flag of another name, or
-    :data:`PYTHON_ONLY` with ``help`` saying why the command line has no flag for it."""
-    if cli == PYTHON_ONLY and not help:
-        raise ValueError("a Python-only setting says why (help=...)")
+    ``doc`` (its description in the estimator's docstring, numpydoc), ``help`` (one line,
+    for ``dimlearn fit --help`` and the documentation's table) and ``cli``: True for a flag
+    of ``dimlearn fit`` named after it, a string for a flag of another name, or
+    :class:`PythonOnly` with the reason the command line has none."""
     record = {
         "constraints": tuple(constraints),
         "kind": kind,
         "doc": textwrap.dedent(doc).strip("\n"),
-        "cli": cli,
         "help": help,
+        "cli": cli,
     }
     return field(default=default, metadata={"setting": record})
 
@@ -138,6 +131,7 @@ class Objective:
         doc="""
         Weight of the global MI term (critic on a summary of the image and the code).
         """,
+        help="weight of the global MI term",
     )
     beta: object = setting(
         1.0,
@@ -148,6 +142,7 @@ class Objective:
         the code, averaged over positions). On tabular data the "local map" is the encoder's
         first hidden layer, a single position.
         """,
+        help="weight of the local MI term",
     )
     gamma: object = setting(
         0.1,
@@ -157,6 +152,7 @@ class Objective:
         Weight of the prior term, which pulls the codes towards N(0, I) (see ``prior``).
         0 switches the prior off.
         """,
+        help="weight of the prior term (0: no prior)",
     )
     delta: object = setting(
         0.0,
@@ -169,6 +165,7 @@ class Objective:
         (negatives, as set by ``negatives``). Needs a local map of 2 or more positions, so
         images only.
         """,
+        help="weight of the local-local MI term (images)",
     )
     reconstruction: object = setting(
         0.0,
@@ -183,6 +180,7 @@ class Objective:
         ``reconstruction > 0``, ``alpha`` and ``beta`` may both be 0 (a denoising
         autoencoder). Needs one view (``views=1`` or ``"auto"``).
         """,
+        help="weight of masked-feature reconstruction (table rows)",
     )
     prior: object = setting(
         "kl_mean",
@@ -197,6 +195,7 @@ class Objective:
         N(0, I) samples from codes and the encoder trained to fool it (non-saturating);
         one optimiser step updates both, the discriminator on detached codes.
         """,
+        help="how the prior term matches codes to N(0, I)",
     )
     negatives: object = setting(
         "all",
@@ -207,6 +206,7 @@ class Objective:
         (``"shuffle"``, the Keras reference's) or all the other images of the batch
         (``"all"``, the DIM paper's; B - 1 negatives per code, cheap with ``critic="dot"``).
         """,
+        help="mismatched pairs per code: one shuffled image, or all others of the batch",
     )
     critic: object = setting(
         "dot",
@@ -219,6 +219,7 @@ class Objective:
         With ``negatives="all"``, ``"concat"`` runs its MLP on all B x B pairs (and, for the
         local term, at every position): B times the cost of ``"dot"``.
         """,
+        help="critic form: concatenate-and-score, or dot product of embeddings",
     )
     temperature: object = setting(
         None,
@@ -229,6 +230,7 @@ class Objective:
         ``temperature`` (normalised embeddings, as in SimCLR), so scores stay within
         ``1 / temperature``; None scores by the raw dot product.
         """,
+        help="dot critics: score cosines over this temperature; none: raw dot products",
     )
     mi_estimator: object = setting(
         "infonce",
@@ -238,6 +240,7 @@ class Objective:
         MI estimator: Jensen-Shannon (the Keras reference's), infoNCE or Donsker-Varadhan
         (the DIM paper's).
         """,
+        help="MI estimator: Jensen-Shannon, infoNCE or Donsker-Varadhan",
     )
 
     @property
@@ -258,6 +261,7 @@ class Architecture:
         doc="""
         Size of the code, the number of output features.
         """,
+        help="code size, the number of output features",
     )
     width: object = setting(
         64,
@@ -268,6 +272,7 @@ class Architecture:
         units; the tabular encoder two hidden layers of 4w; the critics 8w hidden units.
         ``width=64`` is the reference DIM network (conv 64-128-256, fc 1024).
         """,
+        help="network width (conv channels w, 2w, 4w; fc 16w)",
     )
     critic_width: object = setting(
         None,
@@ -281,6 +286,7 @@ class Architecture:
         (measured: the same quality at 5 CPU-minutes on CIFAR-10, and the time that pays
         for ``local_scales=2``).
         """,
+        help="units of the critics' hidden layers; none: 8 x width",
     )
     local_scales: object = setting(
         1,
@@ -296,6 +302,7 @@ class Architecture:
         conv level 65.1 against the defaults' 59.5 / 55.8 and 63.1 (Results: the next level
         on photos).
         """,
+        help="local maps the code is contrasted with: 1 or 2 (images)",
     )
     tabular_encoder: object = setting(
         "tokens",
@@ -317,6 +324,7 @@ class Architecture:
         ``width=64``) ``fit`` refuses with a ``ValueError``: lower ``width``, use
         ``"mlp"`` or reduce the features. Narrower tables keep the networks they had.
         """,
+        help="encoder of table rows: a token per feature, or an MLP",
     )
 
     @property
@@ -341,6 +349,7 @@ class Views:
         only where ``flip`` resolves to True. Refused (``fit`` raises ``ValueError``) when
         training uses two views, which are augmented already.
         """,
+        help="random crops and flips of one view (--views 1)",
     )
     views: object = setting(
         "auto",
@@ -356,6 +365,7 @@ class Views:
         rows: SCARF's corruption of 30% of the features by other rows' values. A step then
         costs two encoder passes.
         """,
+        help="views of each image per step: auto (2 for images), 1 or 2",
     )
     flip: object = setting(
         "auto",
@@ -368,6 +378,7 @@ class Views:
         without flips kNN-10 on MNIST rose from 95.7 to 98.0, Fashion-MNIST stayed level;
         the documentation's Results). True on table rows is refused.
         """,
+        help="mirror augmented images at random: auto (colour images yes, grey no), true or false",
     )
 
 
@@ -382,6 +393,7 @@ class Optimisation:
         doc="""
         Passes over the training data (per ``fit`` call; ``partial_fit`` runs one).
         """,
+        help="passes over the images",
     )
     max_time: object = setting(
         None,
@@ -395,6 +407,7 @@ class Optimisation:
         The pass over X that computes the input statistics comes before the budget starts.
         None trains for ``max_epochs``.
         """,
+        help="time budget for training, seconds",
     )
     batch_size: object = setting(
         128,
@@ -404,6 +417,7 @@ class Optimisation:
         Samples per training step; an epoch is cut into ``ceil(n / batch_size)`` batches of
         nearly equal size, so no sample is dropped and no batch is of one sample.
         """,
+        help="images per training step",
     )
     lr: object = setting(
         0.001,
@@ -414,6 +428,7 @@ class Optimisation:
         value: a continued fit keeps Adam's moments, not the learning rate the last call
         ended with.
         """,
+        help="Adam's learning rate",
     )
     lr_schedule: object = setting(
         "constant",
@@ -426,6 +441,7 @@ class Optimisation:
         on the machine's speed), else over ``max_epochs``. Each ``fit`` starts again from
         ``lr``; ``partial_fit`` always trains at ``lr``.
         """,
+        help="learning rate: constant, or cosine annealing to 0",
     )
     early_stopping: object = setting(
         False,
@@ -440,6 +456,7 @@ class Optimisation:
         ``valid_loss_after_best``). The held-out rows are drawn with ``random_state`` and are
         not trained on.
         """,
+        help="hold out --validation-fraction of the images; stop when they stop improving",
     )
     validation_fraction: object = setting(
         0.1,
@@ -448,6 +465,7 @@ class Optimisation:
         doc="""
         Share of the training data held out for ``early_stopping``.
         """,
+        help="share held out for --early-stopping",
     )
     n_iter_no_change: object = setting(
         10,
@@ -456,6 +474,7 @@ class Optimisation:
         doc="""
         Epochs without improvement before ``early_stopping`` stops training.
         """,
+        help="epochs without improvement before --early-stopping stops",
     )
     tol: object = setting(
         0.0001,
@@ -464,6 +483,7 @@ class Optimisation:
         doc="""
         Least decrease of the held-out objective that counts as an improvement.
         """,
+        help="least improvement that counts for --early-stopping",
     )
     warm_start: object = setting(
         False,
@@ -478,8 +498,8 @@ class Optimisation:
         was 0 are not kept after a fit; turning such a term on for a continued fit trains a
         new, randomly initialised critic next to the fitted encoder (with a warning).
         """,
-        cli=PYTHON_ONLY,
-        help="each dimlearn fit trains a new model",
+        help='continue training the fitted networks in the next fit',
+        cli=PythonOnly("each dimlearn fit trains a new model"),
     )
 
 
@@ -498,6 +518,7 @@ class Runtime:
         ``transform`` and ``score`` keep a copy of the networks on an accelerator between
         calls (never pickled) and use batches of 4096 there (512 on the CPU).
         """,
+        help="auto, cpu, cuda, cuda:N or mps",
     )
     precision: object = setting(
         "auto",
@@ -515,6 +536,7 @@ class Runtime:
         are still bit-identical only for one machine and thread count, and agree to float32
         rounding across vector widths (AVX2, AVX-512), which sum in another order.
         """,
+        help="arithmetic of a step; auto: bfloat16 where the device has it natively, else float32",
     )
     data_on_device: object = setting(
         "auto",
@@ -527,6 +549,7 @@ class Runtime:
         second copy of X). Otherwise batches are read from X and copied one by one, from
         page-locked memory on CUDA.
         """,
+        help="copy the training images to the device once: auto (CUDA, if they fit), true or false",
     )
     compile: object = setting(
         False,
@@ -536,6 +559,7 @@ class Runtime:
         ``torch.compile`` the networks (skorch's ``compile``): slower to start, faster per
         step on a GPU. The fitted ``module_`` is the plain module either way.
         """,
+        help="torch.compile the networks (slower start, faster steps on a GPU)",
     )
     distributed: object = setting(
         "auto",
@@ -558,8 +582,8 @@ class Runtime:
         error that names it, within the group's timeout (the ``timeout`` of
         ``init_process_group``), and the group is destroyed.
         """,
-        cli=PYTHON_ONLY,
-        help="data-parallel training is started from Python under torchrun",
+        help='data-parallel training with the processes torchrun started',
+        cli=PythonOnly("data-parallel training is started from Python under torchrun"),
     )
     random_state: object = setting(
         None,
@@ -571,6 +595,7 @@ class Runtime:
         torch's global RNG is left as it was. Each training call draws its seed from the
         stream ``random_state_``, which continued fits carry on.
         """,
+        help="seed of weights, batches and draws",
         cli="--seed",
     )
     verbose: object = setting(
@@ -580,6 +605,7 @@ class Runtime:
         doc="""
         0 is silent; 1 or more prints the per-epoch loss table and a progress bar.
         """,
+        help="0 is silent; 1 prints a progress bar and the loss per epoch",
     )
 
 
@@ -597,6 +623,7 @@ class Data:
         conv layer, flattened (4w x h/8 x w/8; the first hidden layer for tabular data). It
         only reads the fitted network, so it may be changed after ``fit``.
         """,
+        help="what transform returns: the code, the fc layer or the last conv layer",
     )
     image_shape: object = setting(
         None,
@@ -607,8 +634,8 @@ class Data:
         ``(C, H, W)``, such that ``X.reshape(n, *image_shape)`` gives the images. None means
         2-D input is tabular.
         """,
-        cli=PYTHON_ONLY,
-        help="the command reads image files, whose shape it knows",
+        help='the shape of one image, for flat 2-D input',
+        cli=PythonOnly("the command reads image files, whose shape it knows"),
     )
     image_layout: object = setting(
         "auto",
@@ -619,8 +646,8 @@ class Data:
         (with a first axis above 4) as channels-last and the reverse as channels-first, and
         refuses anything else rather than guess.
         """,
-        cli=PYTHON_ONLY,
-        help="the command reads image files as (n, H, W, C)",
+        help='where the channels of 3-D samples are',
+        cli=PythonOnly("the command reads image files as (n, H, W, C)"),
     )
 
 

@@ -49,6 +49,7 @@ extensions = [
     "myst_parser",
     "mathml",
     "records",
+    "settings_table",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
