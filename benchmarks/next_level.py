@@ -124,10 +124,10 @@ def extra_local_pairs(conv_scale=True, same_view=False):
         codes.append(z)
         return z
 
-    def terms(self, x, names):
+    def terms(self, x, names, **step):  # step: the batch part and the generator
         codes.clear()
         self._maps = {"local": [], "conv": []}
-        out = dimlearn.infomax.DeepInfomaxModule.terms(self, x, names)
+        out = dimlearn.infomax.DeepInfomaxModule.terms(self, x, names, **step)
         n = len(codes)
         parts = []
         if "local" in names and n:

@@ -10,6 +10,8 @@ come in that layout.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -288,11 +290,13 @@ class WholeBatch:
     """Which rows of the training batch this process holds: here, all of them.
 
     Data-parallel training (:mod:`dimlearn.distributed`) gives each process a part of every
-    batch with the same four members: ``total`` (the batch's size), ``start`` and ``rows``
-    (where this process's rows sit in it) and ``gather`` (this process's rows of a tensor
-    -> every process's, in batch order, with gradients flowing back to each process). The
-    loss is computed on gathered scores, so it is the loss of the whole batch, and random
-    draws are made for the whole batch and sliced, so they are the draws of one process.
+    batch with the same members: ``total`` (the batch's size), ``start`` and ``rows``
+    (where this process's rows sit in it), ``gather`` (this process's rows of a tensor
+    -> every process's, in batch order, with gradients flowing back to each process) and
+    ``whole_batch_norm()`` (a context in which BatchNorm layers normalise with the whole
+    batch's statistics; here there is nothing to do). The loss is computed on gathered
+    scores, so it is the loss of the whole batch, and random draws are made for the whole
+    batch and sliced, so they are the draws of one process.
     """
 
     start = 0
@@ -304,6 +308,10 @@ class WholeBatch:
     @staticmethod
     def gather(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+    @staticmethod
+    def whole_batch_norm():
+        return contextlib.nullcontext()
 
 
 CRITICS = {

@@ -15,7 +15,8 @@ the one of a single process that sees the whole batch:
 - random draws (code noise, negatives, prior samples, crops) are made for the whole batch
   from generators seeded alike, and each process takes its rows;
 - BatchNorm uses the whole batch's statistics: ``torch.nn.SyncBatchNorm`` on CUDA, and on
-  the CPU (which ``SyncBatchNorm`` refuses) a hook that gathers the layer's input;
+  the CPU (which ``SyncBatchNorm`` refuses) a hook that gathers the layer's input, for the
+  batch part that the module's forward call was given (:meth:`BatchPart.whole_batch_norm`);
 - stopping (time budget, Ctrl-C, early stopping) is decided together, so no process is left
   waiting in a collective;
 - a process whose fit fails posts its error to the group's store, so that the others,
@@ -26,6 +27,7 @@ the one of a single process that sees the whole batch:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import secrets
@@ -85,6 +87,26 @@ class BatchPart:
         return torch.cat(
             [gathered[r * most : r * most + n] for r, n in enumerate(self.sizes) if n > 0]
         )
+
+    @contextlib.contextmanager
+    def whole_batch_norm(self):
+        """Within the block (in this thread or task), the BatchNorm layers that
+        :func:`synchronised_batch_norm` hooked on the CPU normalise with the statistics of
+        the whole batch of which this is a part. The module's ``forward`` enters it for the
+        duration of its call, from its own ``part`` argument; layers not hooked (CUDA's
+        ``SyncBatchNorm``, a plain module) are unaffected."""
+        token = _NORMALISED_PART.set(self)
+        try:
+            yield
+        finally:
+            _NORMALISED_PART.reset(token)
+
+
+_NORMALISED_PART: contextvars.ContextVar[BatchPart | None] = contextvars.ContextVar(
+    "dimlearn_normalised_part", default=None
+)
+"""The batch part of the forward call running in this context, which the gathering
+BatchNorm hooks read (:meth:`BatchPart.whole_batch_norm`); None outside such a call."""
 
 
 class Ranks:
@@ -419,19 +441,20 @@ def _batch_norm_layers(module: nn.Module):
                 yield parent, name, child
 
 
-def _gathering_hooks(owner: nn.Module, layer: _BatchNorm) -> list:
+def _gathering_hooks(layer: _BatchNorm) -> list:
     """Hooks that make a BatchNorm layer normalise with the whole batch's statistics: its
     input is gathered from every process, and each process keeps its own rows of the
-    output. In training only (in eval the running statistics are used)."""
+    output. In training only (in eval the running statistics are used), and only within a
+    call that was given a batch part (:meth:`BatchPart.whole_batch_norm`)."""
 
     def gather_input(module, args):
-        part = owner.part
+        part = _NORMALISED_PART.get()
         if module.training and part is not None:
             return (part.gather(args[0]),)
         return None
 
     def keep_own_rows(module, args, output):
-        part = owner.part
+        part = _NORMALISED_PART.get()
         if module.training and part is not None:
             return output[part.rows]
         return None
@@ -445,8 +468,9 @@ def _gathering_hooks(owner: nn.Module, layer: _BatchNorm) -> list:
 @contextlib.contextmanager
 def synchronised_batch_norm(module: nn.Module, ranks: Ranks, device: torch.device):
     """Within the block, the module's BatchNorm layers use the statistics of the whole batch
-    across processes; on leaving it they are the plain layers again, with the same weights
-    and running statistics."""
+    across processes: on CUDA always (``SyncBatchNorm``), on the CPU in the forward calls
+    given a batch part (:meth:`BatchPart.whole_batch_norm`). On leaving it they are the
+    plain layers again, with the same weights and running statistics."""
     layers = list(_batch_norm_layers(module))
     undo = []
     if device.type == "cuda":
@@ -456,7 +480,7 @@ def synchronised_batch_norm(module: nn.Module, ranks: Ranks, device: torch.devic
             undo.append(lambda p=parent, n=name, original=layer: setattr(p, n, original))
     else:
         for _, _, layer in layers:
-            undo.extend(hook.remove for hook in _gathering_hooks(module, layer))
+            undo.extend(hook.remove for hook in _gathering_hooks(layer))
     try:
         yield module
     finally:

@@ -9,6 +9,8 @@ and the one table of which part of the module each loss term trains.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -117,31 +119,46 @@ class DeepInfomaxModule(nn.Module):
         self.mi_estimator = mi_estimator
         self.prior = prior
 
-    generator: torch.Generator | None = None
-    """Where code samples, negatives and prior samples are drawn from during training (set
-    by the training call, which owns it; torch's global RNG when None)."""
-
-    part: WholeBatch | None = None
-    """The rows of the batch this process holds, in data-parallel training (set by the
-    training step; None: the whole batch)."""
-
     views: int = 1
     """Views per image in a training batch: 1, or 2 for two-view training (set by the
     builder from ``config.views.views``)."""
 
-    def forward(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        names: tuple[str, ...],
+        *,
+        part=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The training step's loss terms: :meth:`terms`. Training calls the module itself,
         so that ``torch.compile`` and data-parallel wrappers, which wrap ``forward``, wrap
-        the whole step; the code means come from ``encoder.features``."""
-        return self.terms(x, names)
+        the whole step; the code means come from ``encoder.features``.
 
-    def terms(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        In data-parallel training ``part`` (a :class:`~dimlearn.distributed.BatchPart`)
+        also makes the BatchNorm layers normalise with the whole batch's statistics for
+        the duration of the call (its ``whole_batch_norm()``; a no-op unless
+        :func:`~dimlearn.distributed.synchronised_batch_norm` hooked the layers)."""
+        with contextlib.nullcontext() if part is None else part.whole_batch_norm():
+            return self.terms(x, names, part=part, generator=generator)
+
+    def terms(
+        self,
+        x: torch.Tensor,
+        names: tuple[str, ...],
+        *,
+        part=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The requested loss terms (``"global"``, ``"local"``, ``"local_local"``,
         ``"prior"``, ``"reconstruction"``) on one batch.
 
-        Terms whose weight is zero are not requested, so their critics cost nothing. In
-        data-parallel training ``x`` is this process's part of the batch (:attr:`part`);
-        every term is still the whole batch's, identical in every process. With
+        Terms whose weight is zero are not requested, so their critics cost nothing. Code
+        samples, negatives, prior samples and row corruptions are drawn from ``generator``
+        (on the batch's device; torch's global RNG when None). In data-parallel training
+        ``x`` is this process's part of the batch, ``part`` says which rows of it (None:
+        ``x`` is the whole batch, :class:`~dimlearn.critics.WholeBatch`); every term is
+        still the whole batch's, identical in every process. With
         :attr:`views` = 2, ``x`` stacks two views of the batch, ``(2, B, ...)``: the code of
         each view is contrasted with the other view's local map (AMDIM's form of DIM), and
         each term is the mean over the two directions (the prior and local-local terms:
@@ -152,7 +169,7 @@ class DeepInfomaxModule(nn.Module):
         view's maps as above).
         """
         views = list(x) if self.views == 2 else [x]
-        part = self.part or WholeBatch(views[0].shape[0])
+        part = part or WholeBatch(views[0].shape[0])
         conv_critic = getattr(self, "conv_local_critic", None)  # local_scales=2 only
         two_scales = conv_critic is not None and "local" in names
         if two_scales:  # (local map, conv map, mu, logvar) each
@@ -164,11 +181,10 @@ class DeepInfomaxModule(nn.Module):
         out = {}
         needs_z = "global" in names or "local" in names
         needs_perm = needs_z or "local_local" in names
-        draw = self.generator
 
         def normal_draws(like):  # N(0, I) for the whole batch, this process's rows of it
             shape = (part.total, like.shape[1])
-            noise = torch.randn(shape, generator=draw, device=like.device, dtype=like.dtype)
+            noise = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
             return noise[part.rows]
 
         codes = [None] * len(views)
@@ -176,7 +192,7 @@ class DeepInfomaxModule(nn.Module):
             codes = [sample_code(mu, logvar, noise=normal_draws(mu)) for _, mu, logvar in encoded]
         perm = None
         if needs_perm and self.negatives == "shuffle":
-            perm = derangement(part.total, device=views[0].device, generator=draw)
+            perm = derangement(part.total, device=views[0].device, generator=generator)
         # the code of view k against the local map of the next view (itself with one view)
         pairs = [(codes[k], encoded[(k + 1) % len(views)][0]) for k in range(len(views))]
 
@@ -211,7 +227,7 @@ class DeepInfomaxModule(nn.Module):
             )
         if "reconstruction" in names:
             rows = views[0]
-            _, mu, _ = self.encoder(corrupt_rows(rows, draw, self.part))
+            _, mu, _ = self.encoder(corrupt_rows(rows, generator, part))
             errors = reconstruction_errors(self.decoder(mu), rows)
             out["reconstruction"] = part.gather(errors).mean()
         return out

@@ -74,7 +74,8 @@ class DeepInfomaxNet(NeuralNet):
     channels_last : bool
         Image batches in NHWC memory order (faster convolutions on CUDA).
     generator : torch.Generator or None
-        The training call's generator on the device (augmentation draws).
+        The training call's generator on the device: augmentation draws, and the module's
+        (code samples, negatives, prior samples), passed to its ``forward`` in every step.
     precision : {"float32", "bfloat16", "float16"}
         Autocast of the forward pass; float16 adds a gradient scaler.
     ranks : dimlearn.distributed.Ranks or None
@@ -140,13 +141,15 @@ class DeepInfomaxNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         """One batch's forward and backward pass. In data-parallel training ``batch[1]`` is
-        this process's part of the batch; the loss is the whole batch's."""
+        this process's part of the batch (passed to the module's ``forward``); the loss is
+        the whole batch's."""
         self._set_training(True)
         part = batch[1]
-        plain_module(self).part = part
         Xi = self.model_input(batch[0], training=True, part=part)
         with self.autocast():
-            terms = self.module_(Xi, self.criterion_.active_terms)
+            terms = self.module_(
+                Xi, self.criterion_.active_terms, part=part, generator=self.generator
+            )
             loss = self.criterion_(terms)
         values = {name: value.item() for name, value in terms.items()}
         self._check_finite(loss, values, "training")
@@ -168,10 +171,10 @@ class DeepInfomaxNet(NeuralNet):
     def validation_step(self, batch, **fit_params):
         """The same weighted objective on a held-out batch, without gradients (eval mode)."""
         self._set_training(False)
-        plain_module(self).part = None  # every process scores whole held-out batches
         with torch.no_grad(), self.autocast():
             Xi = self.model_input(batch[0], training=False)
-            terms = self.module_(Xi, self.criterion_.active_terms)
+            # every process scores whole held-out batches: no part
+            terms = self.module_(Xi, self.criterion_.active_terms, generator=self.generator)
             loss = self.criterion_(terms)
         if self.ranks is not None:  # the same in every process: early stopping agrees
             loss = self.ranks.mean(loss)

@@ -183,7 +183,6 @@ def train_networks(
     with _INITIAL_WEIGHTS_LOCK, torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         module = build_module(config, dataset.layout)
-    module.generator = on_device
     net = build_net(
         module,
         config,
@@ -198,17 +197,13 @@ def train_networks(
     if net.channels_last:
         net.module_.to(memory_format=torch.channels_last)
     trained = trained_parts(config)
-    try:
-        if fitted is not None:
-            restore_training_state(net, fitted, trained)
-        if ranks is None:
-            fit_net(net, dataset)
-        else:
-            frozen = {name for name, _ in module.named_children()} - trained
-            _fit_data_parallel(net, dataset, config, ranks, frozen)
-    finally:
-        module.generator = None  # neither is part of the fitted model
-        module.part = None
+    if fitted is not None:
+        restore_training_state(net, fitted, trained)
+    if ranks is None:
+        fit_net(net, dataset)
+    else:
+        frozen = {name for name, _ in module.named_children()} - trained
+        _fit_data_parallel(net, dataset, config, ranks, frozen)
     module = keep_parts(plain_module(net).to("cpu").eval(), kept_parts(config))
     kept = dict(module.named_parameters())
     state = named_optimizer_state(net.optimizer_, plain_module(net))

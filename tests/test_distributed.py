@@ -14,6 +14,7 @@ between any two summation orders by far more than these bounds.
 """
 
 import contextlib
+import copy
 import json
 import os
 import pickle
@@ -428,7 +429,7 @@ def test_rank_zero_holds_an_ordinary_estimator(two_process_run):
         isinstance(m, (nn.SyncBatchNorm, nn.parallel.DistributedDataParallel)) for m in modules
     )
     assert all(p.requires_grad for p in two.module_.parameters())
-    assert two.module_.part is None and two.module_.generator is None
+    assert not hasattr(two.module_, "part") and not hasattr(two.module_, "generator")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
     X = np.load(two_process_run["images"][3].with_name("images.npy"))
     codes = two.transform(X)  # on this process's CPU, no process group
@@ -578,6 +579,71 @@ def test_split_pairs_of_a_part_are_the_rows_of_the_whole_split():
     part_pos, part_neg = split_pairs(full[3:6], offset=3)
     torch.testing.assert_close(part_pos, pos[3:6], rtol=0, atol=0)
     torch.testing.assert_close(part_neg, neg[3:6], rtol=0, atol=0)
+
+
+class _PartWithMirroredRows(BatchPart):
+    """Rank 0's half of a batch, the other process's rows made up: gathering appends a
+    mirrored, shifted copy of this process's rows (no process group needed)."""
+
+    def __init__(self, rows: int):
+        super().__init__(2 * rows, rank=0, size=2, group=None)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tensor, 2 * tensor.flip(0) + 1])
+
+
+def test_cpu_batch_norm_gathers_the_batch_of_the_call_s_part_only():
+    """The CPU hooks read the batch part from the context that the part's
+    ``whole_batch_norm()`` opens (the module's forward enters it from its own ``part``
+    argument): inside it a layer normalises with the whole batch's statistics and keeps
+    this process's rows; outside it, in another thread, and in eval mode it is the plain
+    layer."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3))
+    reference = copy.deepcopy(module)
+    x, part = torch.randn(5, 4), _PartWithMirroredRows(5)
+    ranks = Ranks.__new__(Ranks)
+    ranks.group = None
+    seen_in_thread = []
+    with synchronised_batch_norm(module, ranks, torch.device("cpu")):
+        torch.testing.assert_close(module(x), reference(x), rtol=0, atol=0)
+        with part.whole_batch_norm():
+            gathered = module(x)
+            thread = threading.Thread(target=lambda: seen_in_thread.append(module(x)))
+            thread.start()
+            thread.join()
+            expected = reference[1](part.gather(reference[0](x)))[part.rows]
+            torch.testing.assert_close(gathered, expected, rtol=0, atol=0)
+            torch.testing.assert_close(seen_in_thread[0], reference(x), rtol=0, atol=0)
+            module.eval(), reference.eval()
+            torch.testing.assert_close(module(x), reference(x), rtol=0, atol=0)
+        module.train()
+        torch.testing.assert_close(module(x), reference.train()(x), rtol=0, atol=0)
+    assert not module[1]._forward_hooks and not module[1]._forward_pre_hooks
+
+
+def test_the_module_s_forward_opens_its_part_s_batch_norm_context_for_the_call_only():
+    from dimlearn.distributed import _NORMALISED_PART
+    from dimlearn.infomax import DeepInfomaxModule
+    from dimlearn.networks import MLPEncoder
+
+    module = DeepInfomaxModule(MLPEncoder(6, 3, 4), 3, critic_hidden=8)
+    seen = []
+
+    def terms(x, names, *, part=None, generator=None):
+        seen.append((_NORMALISED_PART.get(), part))
+        if names == ("fail",):
+            raise RuntimeError("a failing step")
+        return {}
+
+    module.terms = terms
+    part = BatchPart(8, rank=0, size=2, group=None)
+    module(torch.randn(4, 6), ("local",), part=part)
+    module(torch.randn(8, 6), ("local",))
+    with pytest.raises(RuntimeError, match="a failing step"):
+        module(torch.randn(4, 6), ("fail",), part=part)
+    assert seen == [(part, part), (None, None), (part, part)]
+    assert _NORMALISED_PART.get() is None
 
 
 def test_batch_sizes_must_give_every_process_rows():

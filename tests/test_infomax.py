@@ -94,6 +94,40 @@ def test_every_objective_variant_backpropagates(critic, negatives, estimator):
     assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
 
 
+def test_forward_draws_from_the_generator_it_is_given_and_holds_no_state():
+    """What a step computes is decided by its arguments: the same generator seed gives the
+    same terms bit for bit, the global RNG is not drawn from, the module keeps nothing of
+    the call, and ``part=WholeBatch`` is the same as no part."""
+    from dimlearn.critics import WholeBatch
+
+    torch.manual_seed(0)
+    module = DeepInfomaxModule(
+        ConvEncoder(1, 8, 8, 4, 4),
+        4,
+        8,
+        negatives="shuffle",
+        prior="adversarial",
+        local_local=True,
+    )
+    x = torch.randn(6, 1, 8, 8)
+    names = ("global", "local", "local_local", "prior")
+    attributes = set(vars(module))
+    rng = torch.get_rng_state()
+
+    def step(seed, **part):
+        return module(x, names, generator=torch.Generator().manual_seed(seed), **part)
+
+    first, again, whole = step(1), step(1), step(1, part=WholeBatch(6))
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name in names:
+        assert torch.equal(first[name], again[name]) and torch.equal(first[name], whole[name])
+    assert any(not torch.equal(first[n], step(2)[n]) for n in names)
+    by_terms = module.terms(x, names, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(first[n], by_terms[n]) for n in names)
+    assert set(vars(module)) == attributes
+    assert not hasattr(module, "generator") and not hasattr(module, "part")
+
+
 def test_adversarial_prior_trains_discriminator_on_detached_codes():
     torch.manual_seed(0)
     module = DeepInfomaxModule(
