@@ -8,15 +8,15 @@ training call) -> ``net`` (the skorch net) and ``callbacks`` -> ``infomax`` (the
 and its builder) -> ``critics`` -> ``networks`` (the encoders), and ``objectives``; beside
 them ``config`` (settings), ``fitted`` (the fitted state), ``inputs`` (arrays to batches),
 ``inference``, ``distributed``, ``devices``, ``persistence`` (model files), ``images`` and
-``browse`` (the browse page, public as :func:`dimlearn.plot.browse`).
+``browse`` (the browse page, public as :func:`dimlearn.plot.browse`). The version lives in
+``_version``.
 """
 
-__version__ = "0.3.0"
-
-from .estimator import DeepInfomaxTransformer  # noqa: E402
-from .images import load_images  # noqa: E402
-from .net import NonFiniteLossError  # noqa: E402
-from .persistence import ModelFileError, load, save  # noqa: E402
+from ._version import __version__
+from .estimator import DeepInfomaxTransformer
+from .images import load_images
+from .net import NonFiniteLossError
+from .persistence import ModelFileError, load, save
 
 __all__ = [
     "DeepInfomaxTransformer",

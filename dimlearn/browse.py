@@ -43,6 +43,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from ._version import __version__
 from .inputs import _guess_channels_last
 from .settings import TERM_NAMES, WEIGHT_NAMES
 
@@ -194,8 +195,6 @@ def browse(
         "model": _model(estimator),
         "history": _history(estimator),
     }
-    from . import __version__
-
     meta["dimlearn"] = __version__
     _write_js(out / "data" / "meta.js", "meta", meta)
     points = {

@@ -13,17 +13,6 @@ from dataclasses import replace
 from .networks import check_token_features
 from .settings import Settings
 
-ADDED_SINCE_0_3 = {"flip": "auto", "reconstruction": 0.0, "local_scales": 1, "critic_width": None}
-"""Parameters that dimlearn 0.3.0 did not have, with what its model files and pickles are
-read with. It mirrored every augmented image and no table row: ``flip="auto"`` with the
-``flip_`` such a model is read with (True for images, False for rows) does the same in a
-continued fit; it had no reconstruction term (``reconstruction=0.0``), one local map
-(``local_scales=1``) and critics of ``8 * width`` units (``critic_width=None``)."""
-
-ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp", **ADDED_SINCE_0_3}
-"""Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
-model file or a pickle of 0.2 is read with (not today's defaults)."""
-
 
 def auto_flip(layout) -> bool:
     """What ``flip="auto"`` resolves to for samples of ``layout``: mirror colour images,

@@ -14,36 +14,20 @@ from sklearn.base import (
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import fitted, training
-from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3
+from . import fitted, training, upgrades
+from ._version import __version__
 from .devices import on_device, resolve_device
 from .fitted import FittedState
 from .inference import encode, local_mi_score
-from .infomax import module_from_state
 from .inputs import ArrayBatches
 from .settings import Settings, estimator_init, parameter_constraints, with_parameters
 
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
 _PICKLE_FORMAT = 2
-"""The form of a pickled estimator: 2 (dimlearn 0.3) holds plain values and arrays only; a
-pickle without it (dimlearn 0.2) holds torch modules with biases before their BatchNorm
-layers, which unpickling folds away."""
-
-
-def _upgrade_0_2_pickle(state: dict) -> None:
-    """Turn a dimlearn 0.2 pickle's state into this version's, in place: its networks
-    rebuilt without the biases before BatchNorm layers (folded into the running means, the
-    same codes up to rounding), their Adam moments dropped."""
-    module, folded = module_from_state(
-        Settings.from_params(state), state["layout_"], state["module_"].state_dict()
-    )
-    state["module_"] = module
-    state.update(views_=1, precision_=state["precision"], device_=None)  # 0.2 had no "auto"
-    state.update(flip_=state["layout_"].kind == "image")  # 0.2 mirrored every augmented image
-    moments = state.get("_optimizer_state")
-    if moments is not None:
-        state["_optimizer_state"] = {k: v for k, v in moments.items() if k not in folded}
+"""The form of a pickled estimator: 2 (dimlearn 0.3 and on) holds plain values and arrays
+only, and from 0.4 on the version that wrote it (``_dimlearn_version``); a pickle without
+it (dimlearn 0.2) holds torch modules (:mod:`dimlearn.upgrades` reads both)."""
 
 
 _SKLEARN_STATE = frozenset({"_sklearn_version", "_sklearn_output_config"})
@@ -417,70 +401,59 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         if self.__sklearn_is_fitted__():
             state["_fitted"] = FittedState.of(self).to_plain(include_training_state=True)
         state["_pickle_format"] = _PICKLE_FORMAT
+        state["_dimlearn_version"] = __version__
         return state
 
     def __setstate__(self, state):
-        """Rebuild from :meth:`__getstate__`'s state, or from a pickle of dimlearn 0.2.
+        """Rebuild from :meth:`__getstate__`'s state, or from a pickle of an older dimlearn.
 
-        A pickle or a skops file may come from anyone, so the state is read as untrusted:
-        only the estimator's parameters, the fitted state (``_fitted``, rebuilt and
-        checked field by field by :meth:`dimlearn.fitted.FittedState.from_plain`) and
-        scikit-learn's own bookkeeping are accepted, the parameters are validated, and
+        A pickle or a skops file may come from anyone, so the state is read as untrusted,
+        through the one way back that model files take too
+        (:func:`dimlearn.fitted.restore`): only the estimator's parameters, the fitted state
+        and scikit-learn's own bookkeeping are accepted, the parameters are validated, and
         anything else (a key that would replace a method, say) is refused with a
         ``ValueError`` before the estimator changes.
         """
         if not isinstance(state, dict):
             raise ValueError(f"A pickled {type(self).__name__} holds a dict, not a {type(state)}")
         state = dict(state)
-        version = state.pop("_pickle_format", None)
-        plain = state.pop("_fitted", None)
-        allowed = set(self._get_param_names()) | _SKLEARN_STATE
-        if version is None:  # dimlearn 0.2 pickled its __dict__: parameters, fitted objects
-            for name, value in ADDED_SINCE_0_2.items():
-                state.setdefault(name, value)
-            allowed |= {fitted.ATTRIBUTES[f] for f in fitted.ATTRIBUTES if f not in fitted.RESOLVED}
-        elif not isinstance(version, int) or version > _PICKLE_FORMAT:
-            raise ValueError(
-                f"This DeepInfomaxTransformer was pickled by a newer dimlearn (pickle format "
-                f"{version!r}; this dimlearn reads up to {_PICKLE_FORMAT}). Upgrade dimlearn "
-                "to unpickle it, or save models with dimlearn.save to share them."
-            )
-        else:  # dimlearn 0.3.0 and on: what it lacked
-            for name, value in ADDED_SINCE_0_3.items():
-                state.setdefault(name, value)
-        unknown = sorted(map(repr, set(state) - allowed))
-        missing = sorted(set(self._get_param_names()) - set(state))
-        if unknown or missing:
-            problem = f"unknown attributes {', '.join(unknown)}" if unknown else ""
-            problem += ("; " if unknown and missing else "") + (
-                f"no value for the parameters {missing}" if missing else ""
-            )
-            raise ValueError(
-                f"This pickled {type(self).__name__} is not one that dimlearn wrote: "
-                f"{problem}. Refit the model, or share it as a dimlearn.save model file."
-            )
-        output_config = state.get("_sklearn_output_config", {})
+        pickle_format = state.pop("_pickle_format", None)
+        bookkeeping = {name: state.pop(name) for name in _SKLEARN_STATE if name in state}
+        output_config = bookkeeping.get("_sklearn_output_config", {})
         if not (
             isinstance(output_config, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in output_config.items())
         ):
             raise ValueError(f"This pickled {type(self).__name__} has a malformed output config")
-        if version is None and "module_" in state:
-            _upgrade_0_2_pickle(state)
-        probe = type(self)(**{name: state[name] for name in self._get_param_names()})
-        probe._validate_params()  # sklearn's InvalidParameterError is a ValueError
-        config = Settings.from_params(probe.get_params())
+        if pickle_format is not None and (
+            not isinstance(pickle_format, int) or pickle_format > _PICKLE_FORMAT
+        ):
+            raise ValueError(
+                f"This DeepInfomaxTransformer was pickled by a newer dimlearn (pickle format "
+                f"{pickle_format!r}; this dimlearn reads up to {_PICKLE_FORMAT}). Upgrade "
+                "dimlearn to unpickle it, or save models with dimlearn.save to share them."
+            )
         try:
-            rebuilt = None if plain is None else FittedState.from_plain(plain, config)
+            if pickle_format is None:  # dimlearn 0.2 pickled its __dict__, objects and all
+                written_by = (0, 2)
+                params = upgrades.parameters(
+                    {k: v for k, v in state.items() if k in self._get_param_names()},
+                    written_by,
+                    self._get_param_names(),
+                )
+                fitted_state = upgrades.fitted_fields_of_0_2(state, Settings.from_params(params))
+            else:
+                written_by = upgrades.version_of(state.pop("_dimlearn_version", "0.3.0"))
+                fitted_state = state.pop("_fitted", None)
+            fitted.restore(self, state, fitted_state, written_by)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
             problem = f"missing field {error}" if isinstance(error, KeyError) else str(error)
             raise ValueError(
-                f"This pickled {type(self).__name__}'s fitted state makes no sense ({problem}); "
-                "it was edited or damaged. Refit, or share models as dimlearn.save files."
+                f"This pickled {type(self).__name__} is not one that dimlearn wrote, or was "
+                f"edited or damaged ({problem}). Refit the model, or share it as a "
+                "dimlearn.save model file."
             ) from None
-        super().__setstate__(state)
-        if rebuilt is not None:
-            rebuilt.write_to(self)
+        self.__dict__.update(bookkeeping)
 
     @property
     def _n_features_out(self) -> int:

@@ -17,6 +17,7 @@ import torch
 from skorch.history import History
 from torch import nn
 
+from . import upgrades
 from .infomax import ALWAYS_KEPT, OPTIONAL_PARTS, module_from_state
 from .inputs import Layout, positive_ints
 from .settings import DEVICE_NAME, Settings
@@ -158,11 +159,18 @@ class FittedState:
         return plain
 
     @classmethod
-    def from_plain(cls, plain: dict, config: Settings) -> FittedState:
-        """The state :meth:`to_plain` described, networks rebuilt from ``config`` and the
-        layout; every field is checked (``ValueError``, ``KeyError`` or ``TypeError`` name
-        what makes no sense)."""
+    def from_plain(
+        cls, plain: dict, config: Settings, written_by: tuple[int, ...] = upgrades.CURRENT
+    ) -> FittedState:
+        """The state :meth:`to_plain` described (by the dimlearn version ``written_by``),
+        networks rebuilt from ``config`` and the layout; every field is checked and an
+        unknown one refused (``ValueError``, ``KeyError`` or ``TypeError`` name what makes
+        no sense)."""
+        unknown = sorted(set(plain) - {"fitted", "history", "weights", "optimizer", "random_state"})
         fitted = plain["fitted"]
+        unknown += sorted(f"fitted.{key}" for key in set(fitted) - FITTED_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}")
         layout = Layout.from_plain(fitted["layout"])
         sample_shape = positive_ints(fitted["sample_shape_"], "sample_shape_")
         if sample_shape != layout.sample_shape:
@@ -178,7 +186,8 @@ class FittedState:
         if parts - set(ALWAYS_KEPT) - set(OPTIONAL_PARTS):
             unknown = sorted(parts - set(ALWAYS_KEPT) - set(OPTIONAL_PARTS))
             raise ValueError(f"weights of unknown parts {unknown}")
-        module, folded = module_from_state(config, layout, weights)
+        folds = upgrades.folds_old_biases(written_by)
+        module, folded = module_from_state(config, layout, weights, fold_old_biases=folds)
         n_features = int(np.prod(sample_shape))
         names = fitted.get("feature_names_in_")
         if names is not None:
@@ -196,12 +205,40 @@ class FittedState:
             layout=layout,
             n_features_in=n_features,
             feature_names_in=names,
-            **_chosen(fitted, config, layout),
+            **_chosen(upgrades.resolved_settings(fitted, config.params(), layout, written_by)),
         )
         if "optimizer" in plain:
             state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded)
             state.random_state = rng_from_plain(plain["random_state"])
         return state
+
+
+def restore(estimator, params: dict, fitted, written_by: tuple[int, ...]) -> None:
+    """The one way back from saved state: model files (:func:`dimlearn.load`), pickles and
+    skops files (``__setstate__``) all end here.
+
+    ``params`` are the estimator's parameters as written by the dimlearn version
+    ``written_by``, ``fitted`` its fitted state as plain data (:meth:`FittedState.to_plain`),
+    the fields of a dimlearn 0.2 pickle (:func:`~dimlearn.upgrades.fitted_fields_of_0_2`),
+    or None for an unfitted estimator. What that version lacked is filled in by
+    :mod:`dimlearn.upgrades`; a parameter missing beyond that, or unknown, is refused, the
+    parameters are validated, and the fitted state is rebuilt and checked field by field
+    before the estimator changes. Raises ``ValueError`` (or ``KeyError`` / ``TypeError``
+    for a field of the wrong form), leaving ``estimator`` as it was.
+    """
+    params = upgrades.parameters(params, written_by, type(estimator)._get_param_names())
+    type(estimator)(**params)._validate_params()  # sklearn's InvalidParameterError: ValueError
+    config = Settings.from_params(params)
+    if fitted is None:
+        state = None
+    elif "module" in fitted:  # the objects of a 0.2 pickle, its networks rebuilt
+        state = FittedState(**fitted)
+    else:
+        state = FittedState.from_plain(fitted, config, written_by)
+    clear(estimator)
+    estimator.__dict__.update(params)
+    if state is not None:
+        state.write_to(estimator)
 
 
 def clear(estimator) -> None:
@@ -284,34 +321,38 @@ CHOICES = {
 """The values a fitted ``precision_``, ``views_`` and ``flip_`` may take."""
 
 
-def _chosen(fitted: dict, config: Settings, layout: Layout) -> dict:
-    """``precision``, ``views``, ``flip`` and ``device`` as a file or pickle records them;
-    where it does not (written by dimlearn 0.3.0 or older), what can be known from the
-    parameters (a setting that is not ``"auto"``; ``views="auto"``, which depended on the
-    layout alone; ``flip``, which those versions did not have: they mirrored every augmented
-    image), else None."""
-    chosen = {}
-    params = config.params()
+def _chosen(chosen: dict) -> dict:
+    """``precision``, ``views``, ``flip`` and ``device`` as a file or pickle records them
+    (:func:`~dimlearn.upgrades.resolved_settings`), each checked."""
     for field, allowed in CHOICES.items():
-        value = fitted.get(ATTRIBUTES[field])
-        if value is None:
-            value = params[field]
-            if field == "views" and value == "auto":
-                value = 2 if layout.kind == "image" else 1
-            if field == "flip":  # older files: no flip parameter (read as "auto") and flips
-                value = layout.kind == "image" and value is not False
-            value = None if value == "auto" else value
+        value = chosen[field]
         kinds = (bool,) if field == "flip" else (str, int)
         if value is not None and (type(value) not in kinds or value not in allowed):
             raise ValueError(f"{ATTRIBUTES[field]} is {value!r}, not one of {list(allowed)}")
-        chosen[field] = value
-    device = fitted.get("device_")
+    device = chosen["device"]
     if device is not None and not (
         isinstance(device, str) and device != "auto" and DEVICE_NAME.fullmatch(device)
     ):
         raise ValueError(f"device_ is {device!r}, not a device name such as 'cpu' or 'cuda:0'")
-    chosen["device"] = device
     return chosen
+
+
+FITTED_FIELDS = frozenset(
+    {
+        "sample_shape_",
+        "input_mean_",
+        "input_scale_",
+        "n_iter_",
+        "loss_curve_",
+        "layout",
+        "feature_names_in_",
+        "precision_",
+        "views_",
+        "flip_",
+        "device_",
+    }
+)
+"""The fields of ``to_plain()["fitted"]``; any other is refused on reading."""
 
 
 def _floats(raw, name: str, length: int) -> np.ndarray:

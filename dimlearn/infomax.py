@@ -23,7 +23,8 @@ from .critics import (
     split_pairs,
 )
 from .inputs import Layout
-from .networks import ConvEncoder, MLPEncoder, TokenEncoder, fold_old_biases
+from .networks import ConvEncoder, MLPEncoder, TokenEncoder
+from .networks import fold_old_biases as fold_biases
 from .objectives import (
     adversarial_prior_losses,
     derangement,
@@ -351,11 +352,15 @@ def keep_parts(module: nn.Module, parts: set[str]) -> nn.Module:
     return module
 
 
-def module_from_state(config: Settings, layout: Layout, state: dict) -> tuple:
+def module_from_state(
+    config: Settings, layout: Layout, state: dict, *, fold_old_biases: bool = False
+) -> tuple:
     """The networks of ``config`` and ``layout`` holding the weights ``state`` (a
-    ``state_dict`` of the parts it has; older models' biases before a BatchNorm layer are
-    folded into it, :func:`~dimlearn.networks.fold_old_biases`). Returns the
-    module (in eval mode) and the names of the folded biases.
+    ``state_dict`` of the parts it has). With ``fold_old_biases`` (networks of dimlearn 0.2,
+    :func:`~dimlearn.upgrades.folds_old_biases`) the biases before a BatchNorm layer are
+    folded into it (:func:`~dimlearn.networks.fold_old_biases`); otherwise such a bias is
+    a weight the networks do not have, and refused. Returns the module (in eval mode) and
+    the names of the folded biases.
 
     The networks are first built on the ``meta`` device, where they hold shapes and dtypes
     but no memory, and every weight's shape and dtype is compared with ``state`` before
@@ -370,7 +375,7 @@ def module_from_state(config: Settings, layout: Layout, state: dict) -> tuple:
     state = dict(state)
     present = {key.split(".")[0] for key in state}
     keep_parts(module, present)
-    folded = fold_old_biases(state, module)
+    folded = fold_biases(state, module) if fold_old_biases else []
     expected = module.state_dict()
     wrong = sorted(
         f"{key} is {_described(state.get(key))}, {_described(value)} by the parameters"

@@ -63,6 +63,9 @@ class Layout:
         >>> Layout.from_plain(layout.to_plain()) == layout
         True
         """
+        unknown = sorted(set(raw) - {"kind", "sample_shape", "image_shape", "channels_last"})
+        if unknown:
+            raise ValueError(f"unknown layout fields {unknown}")
         kind = raw["kind"]
         if kind not in ("image", "tabular"):
             raise ValueError(f"layout kind {kind!r} is neither 'image' nor 'tabular'")

@@ -31,10 +31,10 @@ import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3
+from . import upgrades
+from ._version import __version__
 from .estimator import DeepInfomaxTransformer
-from .fitted import FittedState
-from .settings import Settings
+from .fitted import FittedState, restore
 
 FORMAT_NAME = "dimlearn.model"
 FORMAT_VERSION = 2
@@ -273,6 +273,8 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
         ) from None
     if device is not None:
         estimator.set_params(device=device)
+    if version == 1:
+        upgrades.warn_unprotected_description(path)
     return estimator
 
 
@@ -304,8 +306,6 @@ def _digest(tensors: dict, description: str | None = None) -> str:
 
 
 def _dimlearn_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -404,20 +404,26 @@ def _read_tensors(data: bytes, path: Path) -> dict:
         ) from None
 
 
+PAYLOAD_FIELDS = frozenset(
+    {"estimator", "versions", "params", "fitted", "history", "training_state", "random_state_"}
+)
+"""The fields of a model file's description (JSON); any other is refused."""
+
+
 def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransformer:
-    """A fitted estimator from a file's JSON and tensors, every field checked."""
+    """A fitted estimator from a file's JSON and tensors, through the one way back
+    (:func:`dimlearn.fitted.restore`), every field checked."""
+    unknown = sorted(
+        set(payload) - PAYLOAD_FIELDS - ({"weights_sha256"} if version == 1 else set())
+    )
+    if unknown:
+        raise ModelFileError(f"unknown fields {unknown} in its description")
     if payload["estimator"] != DeepInfomaxTransformer.__name__:
         raise ModelFileError(f"it holds a {payload['estimator']!r}, not a DeepInfomaxTransformer")
-    params = {**ADDED_SINCE_0_3, **payload["params"]}  # what 0.3.0 lacked
-    if version == 1:  # dimlearn 0.2: what it did, not today's defaults, for what it lacked
-        params = {**ADDED_SINCE_0_2, **params}
-    unknown = set(params) - set(DeepInfomaxTransformer().get_params())
-    if unknown:
-        raise ModelFileError(f"unknown parameters {sorted(unknown)} (written by another version?)")
-    if params.get("image_shape") is not None:
+    written_by = (0, 2) if version == 1 else upgrades.version_of(payload["versions"]["dimlearn"])
+    params = dict(payload["params"])
+    if params.get("image_shape") is not None:  # JSON holds the tuple as a list
         params["image_shape"] = tuple(params["image_shape"])
-    estimator = DeepInfomaxTransformer(**params)
-    estimator._validate_params()  # sklearn's InvalidParameterError is a ValueError
     plain = {"fitted": payload["fitted"], "history": payload["history"], "weights": {}}
     optimizer: dict = {}
     for key, value in tensors.items():
@@ -429,9 +435,11 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
             optimizer.setdefault(weight, {})[field] = value
         else:
             raise ModelFileError(f"it holds a tensor {key!r} of no known kind")
-    if payload["training_state"]:
+    if payload["training_state"] is True:
         plain["optimizer"] = optimizer
         plain["random_state"] = payload["random_state_"]
-    state = FittedState.from_plain(plain, Settings.from_params(estimator.get_params()))
-    state.write_to(estimator)
+    elif payload["training_state"] is not False or optimizer or "random_state_" in payload:
+        raise ModelFileError("its training state is not what training_state says")
+    estimator = DeepInfomaxTransformer.__new__(DeepInfomaxTransformer)
+    restore(estimator, params, plain, written_by)
     return estimator

@@ -498,7 +498,7 @@ class Optimisation:
         was 0 are not kept after a fit; turning such a term on for a continued fit trains a
         new, randomly initialised critic next to the fitted encoder (with a warning).
         """,
-        help='continue training the fitted networks in the next fit',
+        help="continue training the fitted networks in the next fit",
         cli=PythonOnly("each dimlearn fit trains a new model"),
     )
 
@@ -582,7 +582,7 @@ class Runtime:
         error that names it, within the group's timeout (the ``timeout`` of
         ``init_process_group``), and the group is destroyed.
         """,
-        help='data-parallel training with the processes torchrun started',
+        help="data-parallel training with the processes torchrun started",
         cli=PythonOnly("data-parallel training is started from Python under torchrun"),
     )
     random_state: object = setting(
@@ -634,7 +634,7 @@ class Data:
         ``(C, H, W)``, such that ``X.reshape(n, *image_shape)`` gives the images. None means
         2-D input is tabular.
         """,
-        help='the shape of one image, for flat 2-D input',
+        help="the shape of one image, for flat 2-D input",
         cli=PythonOnly("the command reads image files, whose shape it knows"),
     )
     image_layout: object = setting(
@@ -646,7 +646,7 @@ class Data:
         (with a first axis above 4) as channels-last and the reverse as channels-first, and
         refuses anything else rather than guess.
         """,
-        help='where the channels of 3-D samples are',
+        help="where the channels of 3-D samples are",
         cli=PythonOnly("the command reads image files as (n, H, W, C)"),
     )
 

@@ -26,11 +26,15 @@ from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load
-from dimlearn.config import ADDED_SINCE_0_2
 from dimlearn.networks import batch_norm_pairs
+from dimlearn.upgrades import READ_WITH
 from tests.conftest import SUM_ROUNDING, UNIT_ROUNDOFF
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# every 0.2 model file loads with the warning that its description is not checksummed; the
+# test of that warning is test_a_0_2_model_file_warns_that_its_description_is_unprotected
+pytestmark = pytest.mark.filterwarnings("ignore:.*format 1.*checksum covers the weights only")
+ADDED_SINCE_0_2 = {key: value for values in READ_WITH.values() for key, value in values.items()}
 MODEL_FILES = {  # file -> the model of 0_2_expected.json it holds
     "0_2_image.safetensors": "image",
     "0_2_image_training_state.safetensors": "image",
@@ -236,3 +240,10 @@ def test_an_unfitted_pickle_of_0_2_clones_and_fits(expected):
     assert codes.shape == (len(X), expected["unfitted"]["params"]["latent_dim"])
     assert np.isfinite(codes).all()
     assert fitted.n_iter_ == expected["unfitted"]["params"]["max_epochs"]
+
+
+def test_a_0_2_model_file_warns_that_its_description_is_unprotected():
+    with pytest.warns(
+        UserWarning, match=r"dimlearn 0.2 \(format 1\).*dimlearn.save\(dimlearn.load"
+    ):
+        load(FIXTURES / "0_2_tabular.safetensors")

@@ -284,7 +284,7 @@ def test_a_pickled_state_with_an_unknown_key_is_refused(colour_model, fitted):
     dim = colour_model[0] if fitted else DeepInfomaxTransformer()
     for key in ("transform", "module_", "__class__", "_device_copy"):
         state = {**dim.__getstate__(), key: "replaced"}
-        with pytest.raises(ValueError, match=f"unknown attributes '{key}'"):
+        with pytest.raises(ValueError, match=f"unknown parameters \\[.*'{key}'"):
             _unpickled(state)
 
 
@@ -300,7 +300,7 @@ def test_a_pickled_state_with_an_invalid_or_missing_parameter_is_refused(colour_
 def test_a_pickled_fitted_state_that_makes_no_sense_is_a_value_error(colour_model):
     state = colour_model[0].__getstate__()
     fitted = dict(state["_fitted"], fitted=dict(state["_fitted"]["fitted"], precision_="float8"))
-    with pytest.raises(ValueError, match="fitted state makes no sense.*precision_"):
+    with pytest.raises(ValueError, match="edited or damaged.*precision_"):
         _unpickled({**state, "_fitted": fitted})
 
 
@@ -322,7 +322,7 @@ def test_a_skops_file_that_replaces_a_method_is_refused(colour_model, tmp_path, 
     sio.dump(dim, tmp_path / "dim.skops")
     monkeypatch.undo()
     trusted = ["dimlearn.estimator.DeepInfomaxTransformer"]
-    with pytest.raises(ValueError, match="unknown attributes 'transform'"):
+    with pytest.raises(ValueError, match=r"unknown parameters \['transform'\]"):
         sio.load(tmp_path / "dim.skops", trusted=trusted)
 
 
