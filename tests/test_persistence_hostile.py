@@ -41,6 +41,13 @@ def model_file(colour_model, tmp_path):
     return save(colour_model[0], tmp_path / "dim.safetensors")
 
 
+@pytest.fixture
+def trained_file(colour_model, tmp_path):
+    """A model file with its training state: Adam's moments too."""
+    path = tmp_path / "trained.safetensors"
+    return save(colour_model[0], path, include_training_state=True)
+
+
 def read_file(path):
     with safe_open(str(path), "pt") as handle:
         return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
@@ -387,6 +394,26 @@ def _extra_tensor(dtype, values):
     return forged
 
 
+ADAM_WEIGHT = "encoder.to_local.0.weight"
+
+
+def _adam_state(edit):
+    """A model file with its training state, whose Adam tensors ``edit`` changed (the
+    checksum computed anew)."""
+
+    def forged(files, path):
+        tensors, metadata = read_file(files["trained"])
+        edit(tensors, f"optimizer.{ADAM_WEIGHT}.")
+        return signed(path, tensors, metadata)
+
+    return forged
+
+
+def _set(key, make):
+    """Adam's ``key`` tensor of one weight replaced by ``make(tensors, prefix)``."""
+    return _adam_state(lambda t, prefix: t.update({prefix + key: make(t, prefix)}))
+
+
 HOSTILE = {
     "many tensors": (_empty_entries, f"more than {MAX_TENSORS} tensors"),
     "512 MiB of zeros": (_zeros, "not a dimlearn model file"),
@@ -401,19 +428,44 @@ HOSTILE = {
     "5,000-digit integer": (_long_integer, "an integer of 5000 digits"),
     "F4 tensor": (_extra_tensor("F4", 2), "of dtype 'F4', which no dimlearn model holds"),
     "F8_E8M0 tensor": (_extra_tensor("F8_E8M0", 1), "of dtype 'F8_E8M0'"),
+    "exp_avg float64": (
+        _set("exp_avg", lambda t, p: t[p + "exp_avg"].double()),
+        rf"optimizer\.{ADAM_WEIGHT}\.exp_avg is \(4, 3, 4, 4\) float64; Adam keeps it as "
+        r"\(4, 3, 4, 4\) float32",
+    ),
+    "exp_avg_sq float16": (
+        _set("exp_avg_sq", lambda t, p: t[p + "exp_avg_sq"].half()),
+        rf"optimizer\.{ADAM_WEIGHT}\.exp_avg_sq is .* float16",
+    ),
+    "step int64": (
+        _set("step", lambda t, p: torch.tensor(5)),
+        rf"optimizer\.{ADAM_WEIGHT}\.step is \(\) int64; Adam keeps it as \(\) float32",
+    ),
+    "step of shape (1,)": (
+        _set("step", lambda t, p: torch.ones(1)),
+        rf"optimizer\.{ADAM_WEIGHT}\.step is \(1,\) float32",
+    ),
+    "unknown Adam key": (
+        _set("max_exp_avg_sq", lambda t, p: t[p + "exp_avg_sq"].clone()),
+        rf"optimizer\.{ADAM_WEIGHT}\.max_exp_avg_sq is not part of Adam's state",
+    ),
+    "missing Adam key": (
+        _adam_state(lambda tensors, prefix: tensors.pop(prefix + "exp_avg_sq")),
+        rf"optimizer\.{ADAM_WEIGHT}\.exp_avg_sq is missing",
+    ),
 }
 """Files prepared on purpose, and what ``load`` says of each: before these checks, some
 raised ``RuntimeError`` (a width that overflows PyTorch's sizes), ``RecursionError``,
-``KeyError: 'F4'`` or Python's own integer-length ``ValueError``, and some read 512 MiB
-first."""
+``KeyError: 'F4'`` or Python's own integer-length ``ValueError``, some read 512 MiB
+first, and Adam's state of the wrong dtype or keys loaded, to fail at the next fit."""
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_a_hostile_file_is_a_model_file_error_and_one_line_on_the_command_line(
-    case, model_file, tmp_path, capsys
+    case, model_file, trained_file, tmp_path, capsys
 ):
     make, match = HOSTILE[case]
-    path = make({"model": model_file}, tmp_path / "hostile.safetensors")
+    path = make({"model": model_file, "trained": trained_file}, tmp_path / "hostile.safetensors")
     with pytest.raises(ModelFileError, match=match):
         load(path)
     images = tmp_path / "X.npy"
@@ -422,6 +474,14 @@ def test_a_hostile_file_is_a_model_file_error_and_one_line_on_the_command_line(
     assert main(["transform", str(path), str(images), "--out", str(tmp_path / "c.npy")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("dimlearn transform: error: "), err
+
+
+def test_a_model_with_its_training_state_still_loads_and_continues(colour_model, trained_file):
+    dim, X = colour_model
+    loaded = load(trained_file)
+    assert set(loaded._optimizer_state[ADAM_WEIGHT]) == {"exp_avg", "exp_avg_sq", "step"}
+    loaded.set_params(warm_start=True, max_epochs=1).fit(X)
+    assert loaded.n_iter_ == dim.n_iter_ + 1
 
 
 # -- how a file is written ----------------------------------------------------------------
