@@ -33,7 +33,7 @@ the tensors' entries (about 100 bytes each) and the model's description, whose t
 history grows by about 500 bytes an epoch and 140 bytes a batch (three loss terms; each
 term more adds about 40): measured, 10,000 epochs of one batch write a 5.0 MB header, 10,000 of
 five batches 10.6 MB, and 1,000 epochs of CIFAR-10 (391 batches of 128) 54.6 MB, which
-loads in 2.4 s and 200 MB. This limit is also what bounds the cost of parsing a forged
+loads in about 2 s and 200 MB. This limit is also what bounds the cost of parsing a forged
 header, which grows with its length: up to about 25 times it, for JSON made of empty
 lists (a 99 MB header: 2.4 GB and 24 s before it is refused)."""
 
