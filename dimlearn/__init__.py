@@ -7,9 +7,9 @@ releases. Reading order, from the estimator down: ``estimator`` -> ``training`` 
 training call) -> ``net`` (the skorch net) and ``callbacks`` -> ``infomax`` (the DIM module
 and its builder) -> ``critics`` -> ``networks`` (the encoders), and ``objectives``; beside
 them ``config`` (settings), ``fitted`` (the fitted state), ``inputs`` (arrays to batches),
-``inference``, ``distributed``, ``devices``, ``persistence`` (model files), ``images`` and
-``browse`` (the browse page, public as :func:`dimlearn.plot.browse`). The version lives in
-``_version``.
+``inference``, ``distributed``, ``devices``, ``persistence`` (model files) and ``model_file``
+(reading one safely), ``images`` and ``browse`` (the browse page, public as
+:func:`dimlearn.plot.browse`). The version lives in ``_version``.
 """
 
 from ._version import __version__

@@ -297,7 +297,14 @@ def _tensor(value, name: str) -> torch.Tensor:
     return torch.from_numpy(value if value.flags.c_contiguous else value.copy())
 
 
+ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+"""What ``torch.optim.Adam`` keeps for each weight: two moments of the weight's shape and
+dtype, and the step count as a float32 scalar."""
+
+
 def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
+    """Adam's state by weight name, every tensor checked against what Adam keeps for its
+    weight (:data:`ADAM_STATE`), so that a continued fit never meets a state it cannot use."""
     params = dict(module.named_parameters())
     state: dict = {}
     for name, moments in raw.items():
@@ -305,10 +312,24 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
             continue
         if name not in params:
             raise ValueError(f"optimiser state for an unknown weight {name!r}")
+        if not isinstance(moments, dict):
+            raise TypeError(f"optimiser state of {name} is a {type(moments).__name__}")
+        unknown = sorted(str(key) for key in moments if key not in ADAM_STATE)
+        missing = [key for key in ADAM_STATE if key not in moments]
+        if unknown or missing:
+            wrong = [f"optimizer.{name}.{key} is not part of Adam's state" for key in unknown]
+            wrong += [f"optimizer.{name}.{key} is missing" for key in missing]
+            raise ValueError(f"optimiser state: {'; '.join(wrong)}")
         for key, value in moments.items():
             value = _tensor(value, f"optimizer.{name}.{key}")
-            if key != "step" and value.shape != params[name].shape:
-                raise ValueError(f"optimiser state {name}.{key} has the wrong shape")
+            param = params[name]
+            shape, dtype = ((), torch.float32) if key == "step" else (param.shape, param.dtype)
+            if value.shape != shape or value.dtype != dtype:
+                raise ValueError(
+                    f"optimiser state optimizer.{name}.{key} is {tuple(value.shape)} "
+                    f"{str(value.dtype).removeprefix('torch.')}; Adam keeps it as "
+                    f"{tuple(shape)} {str(dtype).removeprefix('torch.')}"
+                )
             state.setdefault(name, {})[key] = value
     return state
 

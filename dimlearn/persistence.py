@@ -11,7 +11,8 @@ can run code.
 What the checksum proves: that the file is the one :func:`save` wrote, byte for byte,
 against damage (a bad disk, a cut download, a copy that changed a byte). It proves nothing
 about who wrote it: a SHA-256 is no signature, and anyone who edits a file can compute it
-anew. So a file is read as hostile input whatever its checksum says: every field of the
+anew. So a file is read as hostile input whatever its checksum says: its header is read,
+bounded and checked before its tensors (:mod:`dimlearn.model_file`), every field of the
 description is checked for type and range, the networks are built on the ``meta`` device
 and compared, weight by weight, with the shapes and dtypes of the file's tensors before
 any memory is allocated, and the model is made of the file's own tensors, so it never takes
@@ -35,6 +36,7 @@ from . import upgrades
 from ._version import __version__
 from .estimator import DeepInfomaxTransformer
 from .fitted import FittedState, restore
+from .model_file import ModelFileError, parse_json, read_header, read_tensors
 
 FORMAT_NAME = "dimlearn.model"
 FORMAT_VERSION = 2
@@ -43,32 +45,6 @@ FORMAT_VERSION = 2
 1 (dimlearn 0.2): the checksum covers the weights only; the encoder's layers before a
 BatchNorm have biases, which :func:`load` folds into the BatchNorm's running mean.
 2 (dimlearn 0.3): the checksum covers the description (JSON) and the weights."""
-
-_HEADER_LIMIT = 100_000_000  # the safetensors format's own limit on its JSON header
-
-
-class ModelFileError(ValueError):
-    """A file that :func:`dimlearn.load` cannot read as a dimlearn model, and why.
-
-    Raised for truncated or damaged files, files written by a newer dimlearn, files that
-    are not dimlearn models (pickle and joblib files included), and files whose description
-    (JSON) or weights were edited into something inconsistent. A ``ValueError``, so code that
-    catches bad input catches it too.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> from dimlearn import ModelFileError, load
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = Path(folder) / "notes.safetensors"
-    ...     _ = path.write_text("not a model")
-    ...     try:
-    ...         load(path)
-    ...     except ModelFileError as error:
-    ...         print(isinstance(error, ValueError))
-    True
-    """
 
 
 def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: bool = False) -> Path:
@@ -205,9 +181,8 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
     ('cpu', 1, (40, 8))
     """
     path = Path(path)
-    data = path.read_bytes()
-    header = _split_file(data, path)
-    metadata = header.get("__metadata__") or {}
+    header = read_header(path)  # the tensors are read once the metadata says what this is
+    metadata = header.metadata
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(
             f"{path} is a safetensors file but not a dimlearn model (its metadata has no "
@@ -222,7 +197,7 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
             f"{_dimlearn_version()} reads up to {FORMAT_VERSION}). Upgrade dimlearn to load it."
         )
     version = int(version)
-    tensors = _read_tensors(data, path)
+    tensors = read_tensors(path, header)
     description = metadata.get("dimlearn")
     if version == 1 and "sha256" in metadata:
         # dimlearn 0.2 never wrote this field: a newer file whose label was changed, which
@@ -242,8 +217,8 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
                 "the model again."
             )
     try:
-        payload = json.loads(description)
-    except (TypeError, json.JSONDecodeError) as error:
+        payload = parse_json(description)
+    except (TypeError, ValueError) as error:
         raise ModelFileError(
             f"{path}: the model description (JSON) is missing or not valid JSON ({error}). "
             "The file was edited or damaged; save the model again."
@@ -265,7 +240,15 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
         estimator = _rebuild(payload, tensors, version)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as error:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        RuntimeError,  # PyTorch's, for sizes too large to build even on the meta device
+    ) as error:
         problem = f"missing field {error}" if isinstance(error, KeyError) else str(error)
         raise ModelFileError(
             f"{path}: the model description does not make sense ({problem}). It was edited or "
@@ -312,76 +295,6 @@ def _dimlearn_version() -> str:
 # -- reading ----------------------------------------------------------------------------
 
 
-def _split_file(data: bytes, path: Path) -> dict:
-    """The safetensors header (parsed JSON), once the file is known to be whole."""
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise ModelFileError(
-            f"{path} is a pickle file (what joblib.dump and pickle.dump write), not a dimlearn "
-            "model file. dimlearn.load never unpickles: unpickling runs code the file "
-            "chooses. If you made this file yourself, open it with joblib.load; to share a "
-            "model, write it with dimlearn.save."
-        )
-    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    looks_like_header = data[8:9] == b"{"
-    if not looks_like_header or not 0 < header_len <= _HEADER_LIMIT:
-        raise ModelFileError(
-            f"{path} is not a dimlearn model file (it is not in the safetensors format that "
-            "dimlearn.save writes)."
-        )
-    if 8 + header_len > len(data):
-        raise ModelFileError(
-            f"{path} is truncated: its header alone needs {8 + header_len} bytes, the file has "
-            f"{len(data)} (an interrupted copy or download?). Copy or save it again."
-        )
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-        ends = [_tensor_end(key, entry) for key, entry in header.items() if key != "__metadata__"]
-        metadata = header.get("__metadata__", {})
-        if not isinstance(metadata, dict) or not all(
-            isinstance(value, str) for value in metadata.values()
-        ):
-            raise TypeError("the metadata is not a mapping of strings")
-    except (
-        json.JSONDecodeError,
-        UnicodeDecodeError,
-        TypeError,
-        KeyError,
-        IndexError,
-        AttributeError,
-    ):
-        raise ModelFileError(
-            f"{path}: the safetensors header is not valid JSON of the expected form; the file "
-            "is damaged or not a dimlearn model."
-        ) from None
-    needed = 8 + header_len + max(ends, default=0)
-    if needed > len(data):
-        raise ModelFileError(
-            f"{path} is truncated: it has {len(data)} bytes, its header promises {needed} (an "
-            "interrupted copy or download?). Copy or save it again."
-        )
-    return header
-
-
-def _tensor_end(name: str, entry) -> int:
-    """The end offset of one tensor's bytes, once its header entry is known to be of the
-    form safetensors writes (``TypeError`` otherwise)."""
-    offsets, shape = entry["data_offsets"], entry["shape"]
-    if not (
-        isinstance(entry["dtype"], str)
-        and isinstance(offsets, list)
-        and len(offsets) == 2
-        and isinstance(shape, list)
-        and all(_natural(value) for value in [*offsets, *shape])
-        and offsets[0] <= offsets[1]
-    ):
-        raise TypeError(f"the header entry of {name!r} is not of the safetensors form")
-    return offsets[1]
-
-
-def _natural(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _get(payload, *keys):
     """``payload[k1][k2]...``, or None where a level is missing or not a mapping."""
     for key in keys:
@@ -389,19 +302,6 @@ def _get(payload, *keys):
             return None
         payload = payload.get(key)
     return payload
-
-
-def _read_tensors(data: bytes, path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as from_bytes
-
-    try:
-        return from_bytes(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise ModelFileError(
-            f"{path}: the weights cannot be read ({error}); the file is damaged. Copy or "
-            "save it again."
-        ) from None
 
 
 PAYLOAD_FIELDS = frozenset(
