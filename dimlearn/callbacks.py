@@ -121,7 +121,7 @@ class CosineSchedule(Callback):
 class StopRequest:
     """Flags that a SIGINT handler sets: ``requested`` (a first Ctrl-C), which
     :class:`StopAtBatchEnd` reads, and ``forced`` (a second one), which
-    :func:`~dimlearn.training.fit_net` reads."""
+    :func:`~dimlearn.net.train_net` reads."""
 
     def __init__(self):
         self.requested = False
@@ -137,7 +137,7 @@ def deferred_sigint(request: StopRequest):
     half way through an optimiser step. A second Ctrl-C raises ``KeyboardInterrupt`` at
     once, as usual, and sets ``request.forced``: skorch's ``partial_fit`` swallows that
     ``KeyboardInterrupt`` as if it were a stop, which data-parallel training cannot take
-    (:func:`~dimlearn.training.fit_net` raises it again there, abandoning the fit).
+    (:func:`~dimlearn.net.train_net` raises it again there, abandoning the fit).
     Only where Python's default handler is in place and only in the main thread (the one
     that receives signals); elsewhere nothing changes.
     """

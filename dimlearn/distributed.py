@@ -202,15 +202,6 @@ class Ranks:
         self.call_id = int(every[0][-1].item())
         return int(every[0][0].item())
 
-    def check_batches(self, batch_sizes: list[int], batch_size: int) -> None:
-        """Every process needs at least one row of every batch."""
-        if min(batch_sizes) < self.size:
-            raise ValueError(
-                f"batch_size={batch_size} gives batches of {min(batch_sizes)} rows, fewer "
-                f"than the {self.size} processes training together, so some would get no "
-                f"rows. Use batch_size >= {self.size}, or fewer processes."
-            )
-
     def part(self, total: int) -> BatchPart:
         """This process's part of a batch of ``total`` rows."""
         return BatchPart(total, self.rank, self.size, self.group)

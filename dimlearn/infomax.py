@@ -76,12 +76,12 @@ class DeepInfomaxModule(nn.Module):
         Views per image that :meth:`terms` receives.
     temperature : float or None
         Dot critics only: scores are cosines of the embeddings over it.
-    reconstructed_features : int or None
-        Table rows of this many features: build the decoder of the ``"reconstruction"``
-        term (each row rebuilt from the code of a SCARF-corrupted copy of it).
-    conv_shape : tuple of int or None
-        The conv encoder's last conv map, ``(channels, h, w)``: build a second local critic
-        on it (``local_scales=2``; the local term is then the mean over the two maps).
+    reconstruction : bool
+        Build the decoder of the ``"reconstruction"`` term (each row rebuilt from the code of
+        a SCARF-corrupted copy of it) for an encoder of table rows (one with ``n_features``).
+    local_scales : {1, 2}
+        2: build a second local critic on the conv encoder's last conv map (its
+        ``conv_shape``; the local term is then the mean over the two maps).
     """
 
     def __init__(
@@ -96,8 +96,8 @@ class DeepInfomaxModule(nn.Module):
         local_local: bool = False,
         views: int = 1,
         temperature: float | None = None,
-        reconstructed_features: int | None = None,
-        conv_shape: tuple[int, int, int] | None = None,
+        reconstruction: bool = False,
+        local_scales: int = 1,
     ):
         super().__init__()
         self.views = views
@@ -112,9 +112,11 @@ class DeepInfomaxModule(nn.Module):
             self.local_local_critic = LocalLocalCritic(encoder.local_shape, critic_hidden)
         if prior == "adversarial":
             self.prior_discriminator = PriorDiscriminator(latent_dim, critic_hidden)
-        if reconstructed_features is not None:
-            self.decoder = RowDecoder(latent_dim, critic_hidden, reconstructed_features)
-        if conv_shape is not None:
+        n_features = getattr(encoder, "n_features", None)  # table rows only
+        if reconstruction and n_features is not None:
+            self.decoder = RowDecoder(latent_dim, critic_hidden, n_features)
+        conv_shape = getattr(encoder, "conv_shape", None)  # the conv encoder only
+        if local_scales == 2 and conv_shape is not None:
             self.conv_local_critic = local_cls(conv_shape, latent_dim, critic_hidden, **scale)
         self.negatives = negatives
         self.mi_estimator = mi_estimator
@@ -331,16 +333,8 @@ def build_module(config: Settings, layout: Layout) -> DeepInfomaxModule:
         if isinstance(config.views.views, int)
         else 1,  # "auto": not training
         temperature=config.objective.temperature,
-        reconstructed_features=(
-            layout.channels
-            if config.objective.reconstruction > 0 and layout.kind == "tabular"
-            else None
-        ),
-        conv_shape=(
-            encoder.conv_shape
-            if config.architecture.local_scales == 2 and layout.kind == "image"
-            else None
-        ),
+        reconstruction=config.objective.reconstruction > 0,
+        local_scales=config.architecture.local_scales,
     )
 
 

@@ -302,6 +302,32 @@ class ArrayBatches(torch.utils.data.Dataset):
         return self.take(slice(index, index + 1))[0]
 
 
+def training_data(
+    X: np.ndarray, layout: Layout, stats, optimisation, *, seed: int, hold_out: bool, processes=1
+):
+    """The data of one training call: ``(training rows, held-out rows or None, statistics)``
+    as :class:`ArrayBatches`, standardised with ``stats`` (``(mean, scale)``; None: those of
+    X, one pass over it, :func:`channel_stats`). With ``hold_out`` (``early_stopping``),
+    ``optimisation.validation_fraction`` of the rows are held out (:func:`holdout_rows`,
+    drawn with ``seed``). ``processes`` that train together each need a row of every batch
+    of ``optimisation.batch_size`` (a ``ValueError`` says so before training)."""
+    if stats is None:
+        stats = channel_stats(X, layout)
+    train_rows, valid_rows = None, None
+    if hold_out:
+        train_rows, valid_rows = holdout_rows(len(X), optimisation.validation_fraction, seed)
+    train = ArrayBatches(X, layout, *stats, rows=train_rows)
+    sizes = train.batch_sizes(optimisation.batch_size)
+    if min(sizes) < processes:
+        raise ValueError(
+            f"batch_size={optimisation.batch_size} gives batches of {min(sizes)} rows, fewer "
+            f"than the {processes} processes training together, so some would get no "
+            f"rows. Use batch_size >= {processes}, or fewer processes."
+        )
+    valid = None if valid_rows is None else ArrayBatches(X, layout, *stats, rows=valid_rows)
+    return train, valid, stats
+
+
 def holdout_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Training rows and held-out rows (``early_stopping``): ``round(fraction * n)`` rows
     drawn with ``seed`` are held out; both in order.

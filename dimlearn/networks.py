@@ -305,6 +305,7 @@ class TokenEncoder(_Encoder):
     def __init__(self, n_features: int, latent_dim: int, width: int):
         super().__init__()
         check_token_features(n_features, width)  # before any weight is drawn
+        self.n_features = n_features
         hidden = 4 * width
         channels = flat_channels(width, n_features, hidden)
         self.local_shape = (width, n_features, 1)
@@ -339,6 +340,7 @@ class MLPEncoder(_Encoder):
 
     def __init__(self, n_features: int, latent_dim: int, width: int):
         super().__init__()
+        self.n_features = n_features
         hidden = 4 * width
         self.local_shape = (hidden, 1, 1)
         self.to_local = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU())

@@ -44,7 +44,7 @@ from dimlearn.distributed import (
     synchronised_batch_norm,
     training_ranks,
 )
-from dimlearn.inputs import ArrayBatches, ShuffledBatches, resolve_layout, split_batches
+from dimlearn.inputs import ArrayBatches, ShuffledBatches, resolve_layout
 from dimlearn.networks import batch_norm_pairs
 from tests.conftest import SUM_ROUNDING, weight_tolerance
 
@@ -644,14 +644,6 @@ def test_the_module_s_forward_opens_its_part_s_batch_norm_context_for_the_call_o
         module(torch.randn(4, 6), ("fail",), part=part)
     assert seen == [(part, part), (None, None), (part, part)]
     assert _NORMALISED_PART.get() is None
-
-
-def test_batch_sizes_must_give_every_process_rows():
-    ranks = Ranks.__new__(Ranks)
-    ranks.size = 4
-    ranks.check_batches(split_batches(100, 8), 8)
-    with pytest.raises(ValueError, match=r"batch_size=3 .* 4 processes"):
-        ranks.check_batches(split_batches(100, 3), 3)
 
 
 def test_distributed_true_without_a_process_group_is_refused_before_training(digit_images):

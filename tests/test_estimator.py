@@ -14,6 +14,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 
 import dimlearn.estimator as estimator_module
+import dimlearn.inputs as inputs_module
 import dimlearn.training as training_module
 from dimlearn import DeepInfomaxTransformer
 from tests.conftest import SUM_ROUNDING, small_images
@@ -302,7 +303,7 @@ def test_a_table_too_wide_for_the_tokens_is_refused_before_training(no_training,
     def no_statistics(*args):
         raise AssertionError("the pass over X for the input statistics came first")
 
-    monkeypatch.setattr(training_module, "channel_stats", no_statistics)
+    monkeypatch.setattr(inputs_module, "channel_stats", no_statistics)
     X = np.zeros((4, 65_537), dtype=np.float32)
     dim = DeepInfomaxTransformer(max_epochs=1, random_state=0)
     with pytest.raises(ValueError, match="Set width=63 or less, tabular_encoder='mlp'"):
@@ -326,7 +327,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the input was rejected")
 
-    monkeypatch.setattr(training_module, "train_networks", refuse)
+    monkeypatch.setattr(training_module, "train_net", refuse)
 
 
 @pytest.mark.parametrize(
@@ -508,7 +509,7 @@ def test_local_local_term_trains_with_its_own_weight(digit_images, negatives, fa
 def test_local_local_on_tabular_rows_is_refused(monkeypatch, fast):
     import dimlearn.training as training_module
 
-    monkeypatch.setattr(training_module, "train_networks", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(training_module, "train_net", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="delta > 0 .*tabular_encoder='tokens'"):
         DeepInfomaxTransformer(**fast, delta=1.0, tabular_encoder="mlp").fit(
             np.random.default_rng(0).random((20, 5))
