@@ -55,6 +55,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import dimlearn.infomax
+import dimlearn.net
 import dimlearn.training
 import dimlearn.views
 from dimlearn.critics import LocalDotCritic
@@ -206,7 +207,7 @@ EMA_DECAY = 0.998
 def weight_ema(decay=EMA_DECAY):
     """An exponential moving average of the weights (and BatchNorm buffers), updated after
     every optimiser step; the fitted model takes the average at the end of training."""
-    fit = dimlearn.training.fit_net
+    fit = dimlearn.net._fit_net
 
     def fit_with_ema(net, dataset):
         module = plain_module(net)
@@ -225,7 +226,7 @@ def weight_ema(decay=EMA_DECAY):
             del net.train_step
             module.load_state_dict(average.module.state_dict())
 
-    with mock.patch.object(dimlearn.training, "fit_net", fit_with_ema):
+    with mock.patch.object(dimlearn.net, "_fit_net", fit_with_ema):
         yield
 
 

@@ -512,8 +512,9 @@ class Runtime:
         [DeviceName(), torch.device],
         kind="str",
         doc="""
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+        ``"mps"`` (Apple's GPU, where torch has it); any other name is refused by the
+        parameter's constraint, a device that is not there by ``fit``. The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
         anywhere; ``transform`` falls back to the CPU with a warning if the device is gone.
         ``transform`` and ``score`` keep a copy of the networks on an accelerator between
         calls (never pickled) and use batches of 4096 there (512 on the CPU).
