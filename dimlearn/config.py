@@ -10,15 +10,27 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .callbacks import check_callbacks
 from .networks import check_token_features
+from .optimizer_state import check_optimizer_options
 from .settings import Settings
 
-ADDED_SINCE_0_3 = {"flip": "auto", "reconstruction": 0.0, "local_scales": 1, "critic_width": None}
+ADDED_SINCE_0_3 = {
+    "flip": "auto",
+    "reconstruction": 0.0,
+    "local_scales": 1,
+    "critic_width": None,
+    "encoder": "auto",
+    "augmentation": None,
+    "optimizer": "adam",
+    "callbacks": None,
+}
 """Parameters that dimlearn 0.3.0 did not have, with what its model files and pickles are
 read with. It mirrored every augmented image and no table row: ``flip="auto"`` with the
 ``flip_`` such a model is read with (True for images, False for rows) does the same in a
 continued fit; it had no reconstruction term (``reconstruction=0.0``), one local map
-(``local_scales=1``) and critics of ``8 * width`` units (``critic_width=None``)."""
+(``local_scales=1``), critics of ``8 * width`` units (``critic_width=None``), its own
+networks, augmentation and callbacks only, and Adam."""
 
 ADDED_SINCE_0_2 = {"views": 1, "temperature": None, "tabular_encoder": "mlp", **ADDED_SINCE_0_3}
 """Parameters that dimlearn 0.2 did not have, with the values that behave as 0.2 did: what a
@@ -53,6 +65,9 @@ def resolved(settings: Settings, layout, *, native_bfloat16: bool, device_type: 
     """
     objective, views = settings.objective, settings.views
     images = layout.kind == "image"
+    own_encoder = settings.architecture.encoder == "auto"
+    check_callbacks(settings.runtime.callbacks)
+    check_optimizer_options(settings.optimisation.optimizer, settings.optimizer_options)
     if objective.alpha == 0 and objective.beta == 0 and objective.reconstruction == 0:
         raise ValueError(
             "alpha, beta and reconstruction are all 0, so nothing rewards information in "
@@ -91,14 +106,15 @@ def resolved(settings: Settings, layout, *, native_bfloat16: bool, device_type: 
             "augment=True crops and flips images, but X was read as tabular rows. "
             "Pass image_shape for flat images, or set augment=False."
         )
-    if objective.delta > 0 and not images and settings.architecture.tabular_encoder == "mlp":
+    tabular_encoder = settings.architecture.tabular_encoder if own_encoder else None
+    if objective.delta > 0 and not images and tabular_encoder == "mlp":
         raise ValueError(
             "delta > 0 asks for local-local MI between positions of the local map, but "
             "X was read as tabular rows and tabular_encoder='mlp' has one position. Use "
             "tabular_encoder='tokens' (a position per feature), pass image_shape for "
             "flat images, or set delta=0."
         )
-    if not images and settings.architecture.tabular_encoder == "tokens":  # its size is bounded
+    if not images and tabular_encoder == "tokens":  # its size is bounded
         check_token_features(layout.channels, settings.architecture.width)
     n_views = views.views
     if n_views == "auto":  # measured: two views win on images, lose on table rows
@@ -116,6 +132,12 @@ def resolved(settings: Settings, layout, *, native_bfloat16: bool, device_type: 
             f"use two views (views={views.views!r}), each already augmented (crop, flip, "
             "colour jitter, greyscale), so augment would change nothing. Set views=1 "
             "to train one augmented view, or augment=False."
+        )
+    if views.augmentation is not None and n_views == 1 and not views.augment:
+        raise ValueError(
+            "augmentation is given, but training would use one view without augment, "
+            "which augments nothing. Set views=2 (two views of each sample), or augment=True "
+            "with views=1 (images), or augmentation=None."
         )
     flip = views.flip
     if flip == "auto":

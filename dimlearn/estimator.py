@@ -18,10 +18,17 @@ from . import fitted, training
 from .config import ADDED_SINCE_0_2, ADDED_SINCE_0_3
 from .devices import on_device, resolve_device
 from .fitted import FittedState
-from .inference import encode, local_mi_score
+from .inference import encode, feature_width, local_mi_score
 from .infomax import module_from_state
 from .inputs import ArrayBatches
-from .settings import Settings, estimator_init, parameter_constraints, with_parameters
+from .settings import (
+    Settings,
+    estimator_init,
+    is_routed,
+    parameter_constraints,
+    routed,
+    with_parameters,
+)
 
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
@@ -172,6 +179,58 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     _parameter_constraints: dict = parameter_constraints()
     __init__ = estimator_init()
+
+    def get_params(self, deep=True) -> dict:
+        """The estimator's parameters, those routed to the optimiser included.
+
+        scikit-learn's, plus every ``optimizer__<keyword>`` given to the constructor or to
+        :meth:`set_params` (as skorch's ``NeuralNet`` routes them), so that ``clone`` and
+        ``GridSearchCV`` carry them.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Ignored but for scikit-learn's meaning (no parameter here is an estimator).
+
+        Returns
+        -------
+        params : dict
+
+        Examples
+        --------
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> dim = DeepInfomaxTransformer(optimizer="adamw", optimizer__weight_decay=1e-4)
+        >>> dim.get_params()["optimizer__weight_decay"]
+        0.0001
+        """
+        return {**super().get_params(deep=deep), **routed(vars(self))}
+
+    def set_params(self, **params):
+        """Set parameters, ``optimizer__<keyword>`` ones (routed to the optimiser) included.
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters.
+
+        Returns
+        -------
+        self : DeepInfomaxTransformer
+
+        Examples
+        --------
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> dim = DeepInfomaxTransformer().set_params(optimizer__betas=(0.9, 0.99))
+        >>> dim.get_params()["optimizer__betas"]
+        (0.9, 0.99)
+        """
+        options = routed(params)
+        rest = {name: value for name, value in params.items() if name not in options}
+        if rest:
+            super().set_params(**rest)  # checks the names first
+        for name, value in options.items():
+            setattr(self, name, value)
+        return self
 
     # -- input checks ---------------------------------------------------------------------
 
@@ -448,6 +507,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         else:  # dimlearn 0.3.0 and on: what it lacked
             for name, value in ADDED_SINCE_0_3.items():
                 state.setdefault(name, value)
+        allowed |= {name for name in state if isinstance(name, str) and is_routed(name)}
         unknown = sorted(map(repr, set(state) - allowed))
         missing = sorted(set(self._get_param_names()) - set(state))
         if unknown or missing:
@@ -467,7 +527,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             raise ValueError(f"This pickled {type(self).__name__} has a malformed output config")
         if version is None and "module_" in state:
             _upgrade_0_2_pickle(state)
-        probe = type(self)(**{name: state[name] for name in self._get_param_names()})
+        probe = type(self)(
+            **{name: state[name] for name in self._get_param_names()}, **routed(state)
+        )
         probe._validate_params()  # sklearn's InvalidParameterError is a ValueError
         config = Settings.from_params(probe.get_params())
         try:
@@ -484,7 +546,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     @property
     def _n_features_out(self) -> int:
-        return self.module_.encoder.feature_dims[self.feature_level]
+        return feature_width(self.module_.encoder, self.feature_level)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "module_")

@@ -33,6 +33,7 @@ ATTRIBUTES = {
     "n_features_in": "n_features_in_",
     "feature_names_in": "feature_names_in_",
     "optimizer_state": "_optimizer_state",
+    "optimizer_name": "_optimizer_name",
     "random_state": "random_state_",
     "precision": "precision_",
     "views": "views_",
@@ -51,9 +52,11 @@ CACHES = ("_device_copy",)
 @dataclass
 class FittedState:
     """What a fitted :class:`~dimlearn.DeepInfomaxTransformer` holds (its ``*_``
-    attributes, see its docstring), and what continued training needs on top: Adam's
-    moments by weight name and the RNG stream each training call draws its seed from.
-    Those two are None for a model loaded without its training state. ``precision``,
+    attributes, see its docstring), and what continued training needs on top: the
+    optimiser's state (Adam's moments) by weight name, the name of the optimiser class it is
+    of (:func:`~dimlearn.optimizer_state.optimizer_name`; None reads as ``"adam"``) and the
+    RNG stream each training call draws its seed from. The state and the stream are None
+    for a model loaded without its training state. ``precision``,
     ``views``, ``flip`` and ``device`` are what the last training call resolved its
     ``"auto"`` settings to (None where a file or pickle of an older dimlearn does not say).
     """
@@ -69,6 +72,7 @@ class FittedState:
     n_features_in: int
     feature_names_in: np.ndarray | None = None
     optimizer_state: dict | None = None
+    optimizer_name: str | None = None
     random_state: np.random.RandomState | None = None
     precision: str | None = None
     views: int | None = None
@@ -101,10 +105,13 @@ class FittedState:
         ``device`` to."""
         return {field: getattr(self, field) for field in RESOLVED}
 
-    def continued_by(self, module, optimizer_state, history: History, **chosen) -> FittedState:
+    def continued_by(
+        self, module, optimizer_state, history: History, optimizer_name=None, **chosen
+    ) -> FittedState:
         """This state after a training call that continued it: its history, loss curve
-        and epoch count run on; ``chosen`` (``precision``, ``views``, ``flip``, ``device``) are
-        that call's resolved settings."""
+        and epoch count run on; ``optimizer_name`` is the class of ``optimizer_state``
+        (None: this state's own); ``chosen`` (``precision``, ``views``, ``flip``,
+        ``device``) are that call's resolved settings."""
         joined = History()
         for entry in [*self.history, *history]:
             entry = dict(entry)
@@ -112,6 +119,7 @@ class FittedState:
             joined.append(entry)
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         state.update(module=module, optimizer_state=optimizer_state, history=joined)
+        state.update(optimizer_name=optimizer_name or self.optimizer_name)
         state.update(loss_curve=self.loss_curve + loss_curve(history))
         state.update(n_iter=self.n_iter + len(history), **chosen)
         return FittedState(**state)
@@ -121,8 +129,8 @@ class FittedState:
     def to_plain(self, include_training_state: bool = True) -> dict:
         """Plain Python values and numpy arrays only (no torch or skorch object):
         ``{"fitted": ..., "history": ..., "weights": {name: array}}`` and, with
-        ``include_training_state``, ``"optimizer"`` (``{weight name: {key: array}}``)
-        and ``"random_state"``. Without it, the weights are those of the parts
+        ``include_training_state``, ``"optimizer"`` (``{weight name: {key: array}}``),
+        ``"optimizer_name"`` and ``"random_state"``. Without it, the weights are those of the parts
         ``transform`` and ``score`` need (:data:`~dimlearn.infomax.ALWAYS_KEPT`).
         Everything but the arrays is JSON-able.
         """
@@ -155,6 +163,7 @@ class FittedState:
                 for name, moments in self.optimizer_state.items()
             }
             plain["random_state"] = rng_to_plain(self.random_state)
+            plain["optimizer_name"] = self.optimizer_name or "adam"
         return plain
 
     @classmethod
@@ -201,6 +210,9 @@ class FittedState:
         if "optimizer" in plain:
             state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded)
             state.random_state = rng_from_plain(plain["random_state"])
+            state.optimizer_name = plain.get("optimizer_name", "adam")  # older: Adam's only
+            if not isinstance(state.optimizer_name, str) or len(state.optimizer_name) > 500:
+                raise ValueError("optimizer_name is not the name of an optimiser class")
         return state
 
 
@@ -264,7 +276,7 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
     params = dict(module.named_parameters())
     state: dict = {}
     for name, moments in raw.items():
-        if name in folded:  # Adam's moments of a weight that no longer exists
+        if name in folded:  # the optimiser state of a weight that no longer exists
             continue
         if name not in params:
             raise ValueError(f"optimiser state for an unknown weight {name!r}")

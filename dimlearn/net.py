@@ -13,7 +13,7 @@ from skorch import NeuralNet
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .views import random_crop_flip, two_views
+from .views import default_view, two_views
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,10 +63,13 @@ class DeepInfomaxNet(NeuralNet):
     Parameters (beyond skorch's)
     ----------------------------
     augment : bool
-        Random crop and flip of every training batch (:func:`~dimlearn.views.random_crop_flip`).
+        One augmented view of every training batch (views=1).
     views : {1, 2}
         2: the module gets two augmented views of every training batch, stacked
         (:func:`~dimlearn.views.two_views`); held-out batches are given as two identical views.
+    augmentation : callable or None
+        What draws a view: ``augmentation(batch, generator, part, flip)`` (the estimator's
+        parameter); None: :func:`~dimlearn.views.default_view` of ``kind`` and ``views``.
     flip : bool
         Whether augmented images are mirrored at random (half of them).
     kind : {"image", "tabular"}
@@ -92,6 +95,7 @@ class DeepInfomaxNet(NeuralNet):
         *args,
         augment: bool = False,
         views: int = 1,
+        augmentation=None,
         flip: bool = True,
         kind: str = "image",
         channels_last: bool = False,
@@ -105,6 +109,7 @@ class DeepInfomaxNet(NeuralNet):
         super().__init__(module, *args, **kwargs)
         self.augment = augment
         self.views = views
+        self.augmentation = augmentation
         self.flip = flip
         self.kind = kind
         self.channels_last = channels_last
@@ -128,10 +133,23 @@ class DeepInfomaxNet(NeuralNet):
         if self.views == 2:
             if not training:
                 return x.expand(2, *x.shape)
-            return two_views(x, self.kind, self.generator, part, self.flip)
+            return two_views(x, self.kind, self.generator, part, self.flip, self._view)
         if training and self.augment:
-            x = random_crop_flip(x, self.generator, part, self.flip)
+            x = self._view(x, self.generator, part, self.flip)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _view(self, batch: torch.Tensor, generator, part, flip: bool) -> torch.Tensor:
+        """One view of a batch by the augmentation, checked to keep the batch's shape."""
+        view = (self.augmentation or default_view(self.kind, self.views))(
+            batch, generator, part, flip
+        )
+        if not isinstance(view, torch.Tensor) or view.shape != batch.shape:
+            got = tuple(view.shape) if isinstance(view, torch.Tensor) else type(view).__name__
+            raise ValueError(
+                f"the augmentation returned {got} for a batch of shape {tuple(batch.shape)}; "
+                "it must return one view of the batch, a tensor of the same shape."
+            )
+        return view
 
     def autocast(self):
         """Mixed precision for the forward pass and the loss, or nothing for float32."""

@@ -40,7 +40,13 @@ from .inputs import (
 )
 from .net import DeepInfomaxNet, FixedSplit, plain_module
 from .objectives import DeepInfomaxLoss
-from .optimizer_state import named_optimizer_state, set_named_optimizer_state
+from .optimizer_state import (
+    check_continued_optimizer,
+    named_optimizer_state,
+    optimizer_class,
+    optimizer_name,
+    set_named_optimizer_state,
+)
 from .settings import Settings
 
 DEVICE_MEMORY_SHARE = 0.5
@@ -55,7 +61,8 @@ from the global CPU generator, which each fit seeds under a fork)."""
 @dataclass
 class TrainingCall:
     """The outcome of :func:`train_networks`: the trained module (on the CPU, without the
-    parts no term trains), its Adam moments by weight name, the history of this call."""
+    parts no term trains), its optimiser state (Adam's moments) by weight name, the history
+    of this call."""
 
     module: nn.Module
     optimizer_state: dict
@@ -103,6 +110,8 @@ def train(
     config = resolved(
         settings, layout, native_bfloat16=native_bfloat16(device), device_type=device.type
     )
+    if previous is not None and previous.optimizer_state is not None:
+        check_continued_optimizer(previous.optimizer_name, config.optimisation.optimizer)
     chosen = {
         "precision": config.runtime.precision,
         "views": config.views.views,
@@ -130,8 +139,11 @@ def train(
     )
     for entry in run.history:  # what this call's epochs ran with
         entry.update(chosen)
+    optimizer = optimizer_name(config.optimisation.optimizer)
     if previous is not None:
-        return previous.continued_by(run.module, run.optimizer_state, run.history, **chosen)
+        return previous.continued_by(
+            run.module, run.optimizer_state, run.history, optimizer_name=optimizer, **chosen
+        )
     return FittedState(
         module=run.module,
         history=run.history,
@@ -144,6 +156,7 @@ def train(
         n_features_in=int(np.prod(X.shape[1:])),
         feature_names_in=feature_names_in,
         optimizer_state=run.optimizer_state,
+        optimizer_name=optimizer,
         **chosen,
     )
 
@@ -232,7 +245,9 @@ def build_net(
     ``max_epochs`` (:class:`~dimlearn.callbacks.CosineSchedule`). ``max_time`` stops
     training at a batch's or an epoch's end (:class:`~dimlearn.callbacks.TimeBudget`), and so
     does a Ctrl-C during :func:`fit_net` (``net.stop_request``). With ``ranks`` each process
-    trains on its part of every batch and only rank 0 prints.
+    trains on its part of every batch and only rank 0 prints. The ``callbacks`` parameter's
+    run after those that score and schedule, before those that stop; the optimiser is the
+    ``optimizer`` parameter's, given ``lr`` and the routed keywords.
     """
     criterion = DeepInfomaxLoss(config.objective.weights)
     callbacks = [
@@ -241,6 +256,7 @@ def build_net(
     ]
     if config.optimisation.lr_schedule == "cosine":
         callbacks.append(("lr_schedule", CosineSchedule(max_epochs, config.optimisation.max_time)))
+    callbacks.extend(config.runtime.callbacks or [])  # checked by resolved()
     if valid_dataset is not None:
         stopping = BestEpochEarlyStopping(
             monitor="valid_loss",
@@ -264,7 +280,8 @@ def build_net(
     return DeepInfomaxNet(
         module,
         criterion=criterion,
-        optimizer=torch.optim.Adam,
+        optimizer=optimizer_class(config.optimisation.optimizer),
+        **{f"optimizer__{key}": value for key, value in config.optimizer_options.items()},
         lr=config.optimisation.lr,
         max_epochs=max_epochs,
         batch_size=config.optimisation.batch_size,
@@ -283,6 +300,7 @@ def build_net(
         verbose=verbose,
         augment=bool(config.views.augment),
         views=config.views.views,
+        augmentation=config.views.augmentation,
         flip=bool(config.views.flip),
         kind=dataset.layout.kind,
         channels_last=on_cuda and dataset.layout.kind == "image",
@@ -304,13 +322,14 @@ def keeps_data_on_device(dataset: ArrayBatches, config: Settings, device) -> boo
 
 
 def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: set[str]) -> None:
-    """Load fitted weights and name-keyed Adam moments into a freshly initialised net.
+    """Load fitted weights and the name-keyed optimiser state (Adam's moments) into a
+    freshly initialised net (:func:`train` has checked that its class is the fitted one).
 
     Every fitted weight must have a place of the same shape in the new module (else a
     ``ValueError`` names the differing weights). The optimiser keeps its own, current,
     learning rate. Parts of the new module that the fitted one lacks keep their fresh
-    weights; if the loss trains one of them (``trained``), or Adam's moments are missing, a
-    warning says so.
+    weights; if the loss trains one of them (``trained``), or the optimiser state is
+    missing, a warning says so.
     """
     fitted_state = fitted.module.state_dict()
     fresh = plain_module(net).state_dict()
@@ -345,7 +364,7 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: se
     if fitted.optimizer_state is None:
         notes.append(
             "the model holds no optimiser state (it was loaded from a file saved without "
-            "include_training_state=True): Adam starts afresh"
+            f"include_training_state=True): {type(net.optimizer_).__name__} starts afresh"
         )
     if notes:
         warn(f"Continuing training: {'; '.join(notes)}.")

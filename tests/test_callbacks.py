@@ -192,14 +192,14 @@ class BatchClock:
         self.train_batches = self.held_out_batches = 0
         original = DeepInfomaxModule.terms
 
-        def terms(module, x, names):
+        def terms(module, x, names, **step):  # step: the batch's part and generator
             if module.training:
                 self.now += 1.0
                 self.train_batches += 1
             elif held_out:
                 self.now += 1.0
                 self.held_out_batches += 1
-            return original(module, x, names)
+            return original(module, x, names, **step)
 
         monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
         monkeypatch.setattr(dimlearn.callbacks, "clock", self)
