@@ -282,7 +282,8 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
             raise ValueError(f"optimiser state for an unknown weight {name!r}")
         for key, value in moments.items():
             value = _tensor(value, f"optimizer.{name}.{key}")
-            if key != "step" and value.shape != params[name].shape:
+            # of the weight's shape (moments), or a scalar (Adam's step, NAdam's mu_product)
+            if value.ndim != 0 and value.shape != params[name].shape:
                 raise ValueError(f"optimiser state {name}.{key} has the wrong shape")
             state.setdefault(name, {})[key] = value
     return state

@@ -475,6 +475,8 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
         params["image_shape"] = tuple(params["image_shape"])
     for name, value in routed(params).items():  # JSON has lists where tuples were
         params[name] = tuple(_json_option(name, value)) if isinstance(value, list) else value
+    if params.get("callbacks") not in (None, []):  # save writes none: JSON is no callback
+        raise ModelFileError(f"it holds callbacks, {params['callbacks']!r}, which files never do")
     estimator = DeepInfomaxTransformer(**params)
     estimator._validate_params()  # sklearn's InvalidParameterError is a ValueError
     plain = {"fitted": payload["fitted"], "history": payload["history"], "weights": {}}

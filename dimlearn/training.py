@@ -107,11 +107,11 @@ def train(
             if name != "device" and params[name] == "auto" and value is not None:
                 params[name] = value
         settings = Settings.from_params(params)
+    if previous is not None and previous.optimizer_state is not None:
+        check_continued_optimizer(previous.optimizer_name, settings.optimisation.optimizer)
     config = resolved(
         settings, layout, native_bfloat16=native_bfloat16(device), device_type=device.type
     )
-    if previous is not None and previous.optimizer_state is not None:
-        check_continued_optimizer(previous.optimizer_name, config.optimisation.optimizer)
     chosen = {
         "precision": config.runtime.precision,
         "views": config.views.views,
