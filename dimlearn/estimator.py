@@ -181,20 +181,9 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     __init__ = estimator_init()
 
     def get_params(self, deep=True) -> dict:
-        """The estimator's parameters, those routed to the optimiser included.
-
-        scikit-learn's, plus every ``optimizer__<keyword>`` given to the constructor or to
-        :meth:`set_params` (as skorch's ``NeuralNet`` routes them), so that ``clone`` and
-        ``GridSearchCV`` carry them.
-
-        Parameters
-        ----------
-        deep : bool, default=True
-            Ignored but for scikit-learn's meaning (no parameter here is an estimator).
-
-        Returns
-        -------
-        params : dict
+        """The parameters (scikit-learn's ``get_params``), with every ``optimizer__<keyword>``
+        routed to the optimiser (as skorch's ``NeuralNet`` routes them), so that ``clone``
+        and ``GridSearchCV`` carry them too.
 
         Examples
         --------
@@ -206,16 +195,8 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return {**super().get_params(deep=deep), **routed(vars(self))}
 
     def set_params(self, **params):
-        """Set parameters, ``optimizer__<keyword>`` ones (routed to the optimiser) included.
-
-        Parameters
-        ----------
-        **params : dict
-            Estimator parameters.
-
-        Returns
-        -------
-        self : DeepInfomaxTransformer
+        """Set parameters (scikit-learn's ``set_params``), ``optimizer__<keyword>`` ones
+        included; returns the estimator.
 
         Examples
         --------
@@ -227,7 +208,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         options = routed(params)
         rest = {name: value for name, value in params.items() if name not in options}
         if rest:
-            super().set_params(**rest)  # checks the names first
+            super().set_params(**rest)  # checks the names before anything is set
         for name, value in options.items():
             setattr(self, name, value)
         return self

@@ -36,10 +36,11 @@ def feature_width(encoder: nn.Module, level: str) -> int:
     """The width of the encoder's features at ``level`` (``feature_level``), or a
     ``ValueError`` naming the levels it gives."""
     dims = encoder.feature_dims
-    if level not in dims:
+    if level not in dims or (level != "code" and not hasattr(encoder, "features")):
         raise ValueError(
             f"feature_level={level!r}, but this model's encoder ({type(encoder).__name__}) "
-            f"gives features at {sorted(dims)} only. Set feature_level to one of them."
+            f"gives features at {sorted(dims) if hasattr(encoder, 'features') else ['code']} "
+            "only. Set feature_level to one of them."
         )
     return dims[level]
 

@@ -367,13 +367,16 @@ def build_encoder(config: Settings, layout: Layout) -> nn.Module:
     encoder = build(**sizes, latent_dim=architecture.latent_dim, width=architecture.width)
     if architecture.encoder == "auto":
         return encoder
+    # on the meta device: a fitted model rebuilt to take its weights, whose feature_level may
+    # have been set to one its encoder lacks after the fit (transform says so)
+    training = not any(t.is_meta for t in (*encoder.parameters(), *encoder.buffers()))
     check_encoder(
         encoder,
         latent_dim=architecture.latent_dim,
         local_scales=architecture.local_scales if layout.kind == "image" else 1,
-        feature_level=config.data.feature_level,
+        feature_level=config.data.feature_level if training else "code",
     )
-    if not any(t.is_meta for t in (*encoder.parameters(), *encoder.buffers())):
+    if training:
         check_encoder_output(encoder, torch.zeros(2, *sizes.values()), architecture.latent_dim)
     return encoder
 

@@ -369,7 +369,7 @@ class Architecture:
     encoder: object = setting(
         "auto",
         [StrOptions({"auto"}), callable],
-        kind='"auto", torch.nn.Module subclass or callable',
+        kind='"auto", torch.nn.Module subclass or function',
         doc="""
         The encoder. ``"auto"``: dimlearn's, the conv encoder for images
         (:class:`~dimlearn.networks.ConvEncoder`) and ``tabular_encoder``'s for table rows.
@@ -450,7 +450,7 @@ class Views:
     augmentation: object = setting(
         None,
         [callable, None],
-        kind="callable or None",
+        kind="function or None",
         doc="""
         The augmentation, as a function ``augmentation(batch, generator, part, flip)``
         returning one view of a standardised training batch, of the same shape: ``batch``

@@ -266,6 +266,7 @@ def test_an_encoder_of_ones_own_trains_transforms_scores_and_pickles(digit_image
         save(dim, tmp_path / "dim.safetensors")
     with pytest.raises(ValueError, match="gives features at \\['code'\\] only"):
         dim.set_params(feature_level="fc").transform(X)
+    assert pickle.loads(pickle.dumps(dim)).feature_level == "fc"  # set after the fit: kept
 
 
 @pytest.mark.parametrize(
