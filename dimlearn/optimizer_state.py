@@ -71,7 +71,10 @@ def check_optimizer_options(optimizer, options: Mapping) -> None:
                 f"{'learning rate, the estimator parameter lr' if own == 'lr' else 'weights'} "
                 f"itself. {instead}."
             )
-    parameters = inspect.signature(cls).parameters.values()
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: its constructor will say
+        return
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return
     taken = [

@@ -522,12 +522,14 @@ class Optimisation:
         ``optimizer__<name>``: ``DeepInfomaxTransformer(optimizer="adamw",
         optimizer__weight_decay=1e-4)``, ``optimizer__betas=(0.9, 0.99)``; they are
         parameters of the estimator (``get_params``, ``set_params``, ``clone``,
-        ``GridSearchCV``). ``fit`` refuses a keyword the class does not take, and
+        ``GridSearchCV``; as in skorch, ``set_params`` cannot remove one). ``fit`` refuses
+        a keyword the class does not take, and
         ``optimizer__lr`` (the learning rate is ``lr``), before training. A continued fit
         (``warm_start``, ``partial_fit``) keeps the optimiser's state (Adam's moments) and
         refuses another optimiser class than the one it holds the state of. Model files
-        store a name and the routed keywords (numbers, strings, tuples of them); a class of
-        your own pickles and saves with skops, and :func:`dimlearn.save` refuses it.
+        store the name (``torch.optim.AdamW`` given as a class too: ``"adamw"``) and the
+        routed keywords (numbers, strings, tuples of them); another class pickles and
+        saves with skops, and :func:`dimlearn.save` refuses it.
         """,
         help="the optimiser",
         cli=PythonOnly("the command trains with Adam"),
