@@ -1,4 +1,5 @@
-"""skorch callbacks that decide when training stops: a time budget, Ctrl-C, early stopping.
+"""skorch callbacks that decide when training stops: a time budget, Ctrl-C, early stopping;
+and the check of the callbacks a user adds (:func:`check_callbacks`).
 
 Each stops training the way skorch's own ``EarlyStopping`` does, by raising
 ``KeyboardInterrupt`` from a callback, which ``NeuralNet.partial_fit`` catches; all of them
@@ -22,6 +23,64 @@ import numpy as np
 from skorch.callbacks import Callback, EarlyStopping
 
 from .optimizer_state import named_optimizer_state, set_named_optimizer_state
+from .settings import TERM_NAMES
+
+RESERVED_NAMES = (
+    "epoch_timer",
+    "train_loss",
+    "valid_loss",
+    "print_log",
+    *(f"train_{term}" for term in TERM_NAMES),
+    "lr_schedule",
+    "early_stopping",
+    "time_budget",
+    "stop_request",
+    "whole_batch_size",
+    "progress_bar",
+)
+"""The names of the callbacks a training call runs of its own (skorch's defaults and
+dimlearn's, :func:`dimlearn.training.build_net`): the ``callbacks`` parameter may not use
+them, so that none of them is replaced or renamed."""
+
+
+def _is_callback(value) -> bool:
+    return isinstance(value, Callback) or (isinstance(value, type) and issubclass(value, Callback))
+
+
+def check_callbacks(callbacks) -> None:
+    """Raise ``ValueError`` naming the item and the fix unless ``callbacks`` (the
+    estimator's parameter) is None or a list of skorch callbacks (instances or classes) and
+    ``(name, callback)`` pairs whose names are not in :data:`RESERVED_NAMES`.
+
+    Examples
+    --------
+    >>> from skorch.callbacks import EpochTimer
+    >>> check_callbacks([EpochTimer(), ("timer", EpochTimer())])
+    >>> try:
+    ...     check_callbacks([("early_stopping", EpochTimer())])
+    ... except ValueError as error:
+    ...     print(str(error)[:46])
+    callbacks: the name 'early_stopping' is one of
+    """
+    for item in callbacks or []:
+        if isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str):
+            name, callback = item
+        else:
+            callback = item
+            name = getattr(item, "__name__", type(item).__name__)
+        if not _is_callback(callback):
+            raise ValueError(
+                f"callbacks holds {item!r}, which is neither a skorch callback (an instance "
+                "or subclass of skorch.callbacks.Callback) nor a (name, callback) pair. "
+                "Pass skorch callbacks, as skorch's NeuralNet takes them."
+            )
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"callbacks: the name {name!r} is one of dimlearn's own callbacks "
+                f"({', '.join(RESERVED_NAMES)}), which it would replace. Give yours "
+                f"another name: ('my_{name}', callback)."
+            )
+
 
 clock: Callable[[], float] = time.perf_counter
 """The clock of :class:`TimeBudget` (a module attribute so that tests can replace it)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .callbacks import check_callbacks
+from .optimizer_state import check_optimizer_options
 from .settings import Settings
 
 
@@ -32,6 +34,9 @@ def resolved(settings: Settings, layout, *, native_bfloat16: bool, device_type: 
     """
     objective, views = settings.objective, settings.views
     images = layout.kind == "image"
+    own_encoder = settings.architecture.encoder == "auto"
+    check_callbacks(settings.runtime.callbacks)
+    check_optimizer_options(settings.optimisation.optimizer, settings.optimizer_options)
     if objective.alpha == 0 and objective.beta == 0 and objective.reconstruction == 0:
         raise ValueError(
             "alpha, beta and reconstruction are all 0, so nothing rewards information in "
@@ -70,7 +75,8 @@ def resolved(settings: Settings, layout, *, native_bfloat16: bool, device_type: 
             "augment=True crops and flips images, but X was read as tabular rows. "
             "Pass image_shape for flat images, or set augment=False."
         )
-    if objective.delta > 0 and not images and settings.architecture.tabular_encoder == "mlp":
+    tabular_encoder = settings.architecture.tabular_encoder if own_encoder else None
+    if objective.delta > 0 and not images and tabular_encoder == "mlp":
         raise ValueError(
             "delta > 0 asks for local-local MI between positions of the local map, but "
             "X was read as tabular rows and tabular_encoder='mlp' has one position. Use "
@@ -93,6 +99,12 @@ def resolved(settings: Settings, layout, *, native_bfloat16: bool, device_type: 
             f"use two views (views={views.views!r}), each already augmented (crop, flip, "
             "colour jitter, greyscale), so augment would change nothing. Set views=1 "
             "to train one augmented view, or augment=False."
+        )
+    if views.augmentation is not None and n_views == 1 and not views.augment:
+        raise ValueError(
+            "augmentation is given, but training would use one view without augment, "
+            "which augments nothing. Set views=2 (two views of each sample), or augment=True "
+            "with views=1 (images), or augmentation=None."
         )
     flip = views.flip
     if flip == "auto":

@@ -18,9 +18,15 @@ from . import fitted, training, upgrades
 from ._version import __version__
 from .devices import on_device, resolve_device
 from .fitted import FittedState
-from .inference import encode, local_mi_score
+from .inference import encode, feature_width, local_mi_score
 from .inputs import ArrayBatches
-from .settings import Settings, estimator_init, parameter_constraints, with_parameters
+from .settings import (
+    Settings,
+    estimator_init,
+    parameter_constraints,
+    routed,
+    with_parameters,
+)
 
 _TRANSFORM_BATCH = 512
 _TRANSFORM_BATCH_ACCELERATOR = 4096
@@ -156,6 +162,39 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     _parameter_constraints: dict = parameter_constraints()
     __init__ = estimator_init()
+
+    def get_params(self, deep=True) -> dict:
+        """The parameters (scikit-learn's ``get_params``), with every ``optimizer__<keyword>``
+        routed to the optimiser (as skorch's ``NeuralNet`` routes them), so that ``clone``
+        and ``GridSearchCV`` carry them too.
+
+        Examples
+        --------
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> dim = DeepInfomaxTransformer(optimizer="adamw", optimizer__weight_decay=1e-4)
+        >>> dim.get_params()["optimizer__weight_decay"]
+        0.0001
+        """
+        return {**super().get_params(deep=deep), **routed(vars(self))}
+
+    def set_params(self, **params):
+        """Set parameters (scikit-learn's ``set_params``), ``optimizer__<keyword>`` ones
+        included; returns the estimator.
+
+        Examples
+        --------
+        >>> from dimlearn import DeepInfomaxTransformer
+        >>> dim = DeepInfomaxTransformer().set_params(optimizer__betas=(0.9, 0.99))
+        >>> dim.get_params()["optimizer__betas"]
+        (0.9, 0.99)
+        """
+        options = routed(params)
+        rest = {name: value for name, value in params.items() if name not in options}
+        if rest:
+            super().set_params(**rest)  # checks the names before anything is set
+        for name, value in options.items():
+            setattr(self, name, value)
+        return self
 
     # -- input checks ---------------------------------------------------------------------
 
@@ -457,7 +496,7 @@ class DeepInfomaxTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     @property
     def _n_features_out(self) -> int:
-        return self.module_.encoder.feature_dims[self.feature_level]
+        return feature_width(self.module_.encoder, self.feature_level)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "module_")

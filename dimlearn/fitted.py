@@ -34,6 +34,7 @@ ATTRIBUTES = {
     "n_features_in": "n_features_in_",
     "feature_names_in": "feature_names_in_",
     "optimizer_state": "_optimizer_state",
+    "optimizer_name": "_optimizer_name",
     "random_state": "random_state_",
     "precision": "precision_",
     "views": "views_",
@@ -52,9 +53,11 @@ CACHES = ("_device_copy",)
 @dataclass
 class FittedState:
     """What a fitted :class:`~dimlearn.DeepInfomaxTransformer` holds (its ``*_``
-    attributes, see its docstring), and what continued training needs on top: Adam's
-    moments by weight name and the RNG stream each training call draws its seed from.
-    Those two are None for a model loaded without its training state. ``precision``,
+    attributes, see its docstring), and what continued training needs on top: the
+    optimiser's state (Adam's moments) by weight name, the name of the optimiser class it is
+    of (:func:`~dimlearn.optimizer_state.optimizer_name`; None reads as ``"adam"``) and the
+    RNG stream each training call draws its seed from. The state and the stream are None
+    for a model loaded without its training state. ``precision``,
     ``views``, ``flip`` and ``device`` are what the last training call resolved its
     ``"auto"`` settings to (None where a file or pickle of an older dimlearn does not say).
     """
@@ -70,6 +73,7 @@ class FittedState:
     n_features_in: int
     feature_names_in: np.ndarray | None = None
     optimizer_state: dict | None = None
+    optimizer_name: str | None = None
     random_state: np.random.RandomState | None = None
     precision: str | None = None
     views: int | None = None
@@ -102,10 +106,13 @@ class FittedState:
         ``device`` to."""
         return {field: getattr(self, field) for field in RESOLVED}
 
-    def continued_by(self, module, optimizer_state, history: History, **chosen) -> FittedState:
+    def continued_by(
+        self, module, optimizer_state, history: History, optimizer_name=None, **chosen
+    ) -> FittedState:
         """This state after a training call that continued it: its history, loss curve
-        and epoch count run on; ``chosen`` (``precision``, ``views``, ``flip``, ``device``) are
-        that call's resolved settings."""
+        and epoch count run on; ``optimizer_name`` is the class of ``optimizer_state``
+        (None: this state's own); ``chosen`` (``precision``, ``views``, ``flip``,
+        ``device``) are that call's resolved settings."""
         joined = History()
         for entry in [*self.history, *history]:
             entry = dict(entry)
@@ -113,6 +120,7 @@ class FittedState:
             joined.append(entry)
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         state.update(module=module, optimizer_state=optimizer_state, history=joined)
+        state.update(optimizer_name=optimizer_name or self.optimizer_name)
         state.update(loss_curve=self.loss_curve + loss_curve(history))
         state.update(n_iter=self.n_iter + len(history), **chosen)
         return FittedState(**state)
@@ -122,8 +130,8 @@ class FittedState:
     def to_plain(self, include_training_state: bool = True) -> dict:
         """Plain Python values and numpy arrays only (no torch or skorch object):
         ``{"fitted": ..., "history": ..., "weights": {name: array}}`` and, with
-        ``include_training_state``, ``"optimizer"`` (``{weight name: {key: array}}``)
-        and ``"random_state"``. Without it, the weights are those of the parts
+        ``include_training_state``, ``"optimizer"`` (``{weight name: {key: array}}``),
+        ``"optimizer_name"`` and ``"random_state"``. Without it, the weights are those of the parts
         ``transform`` and ``score`` need (:data:`~dimlearn.infomax.ALWAYS_KEPT`).
         Everything but the arrays is JSON-able.
         """
@@ -156,6 +164,7 @@ class FittedState:
                 for name, moments in self.optimizer_state.items()
             }
             plain["random_state"] = rng_to_plain(self.random_state)
+            plain["optimizer_name"] = self.optimizer_name or "adam"
         return plain
 
     @classmethod
@@ -166,7 +175,8 @@ class FittedState:
         networks rebuilt from ``config`` and the layout; every field is checked and an
         unknown one refused (``ValueError``, ``KeyError`` or ``TypeError`` name what makes
         no sense)."""
-        unknown = sorted(set(plain) - {"fitted", "history", "weights", "optimizer", "random_state"})
+        known = {"fitted", "history", "weights", "optimizer", "random_state", "optimizer_name"}
+        unknown = sorted(set(plain) - known)
         fitted = plain["fitted"]
         unknown += sorted(f"fitted.{key}" for key in set(fitted) - FITTED_FIELDS)
         if unknown:
@@ -208,8 +218,12 @@ class FittedState:
             **_chosen(upgrades.resolved_settings(fitted, config.params(), layout, written_by)),
         )
         if "optimizer" in plain:
-            state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded)
+            optimizer = plain.get("optimizer_name", "adam")  # the class the state is of
+            state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded, optimizer)
             state.random_state = rng_from_plain(plain["random_state"])
+            state.optimizer_name = plain.get("optimizer_name", "adam")  # older: Adam's only
+            if not isinstance(state.optimizer_name, str) or len(state.optimizer_name) > 500:
+                raise ValueError("optimizer_name is not the name of an optimiser class")
         return state
 
 
@@ -301,33 +315,50 @@ ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
 """What ``torch.optim.Adam`` keeps for each weight: two moments of the weight's shape and
 dtype, and the step count as a float32 scalar."""
 
+OPTIMIZER_STATE = {"adam": ADAM_STATE, "adamw": ADAM_STATE, "sgd": ("momentum_buffer",)}
+"""What each built-in optimiser keeps for a weight (SGD keeps its momentum buffer only with
+momentum)."""
 
-def _optimizer_state(module: nn.Module, raw: dict, folded=()) -> dict:
-    """Adam's state by weight name, every tensor checked against what Adam keeps for its
-    weight (:data:`ADAM_STATE`), so that a continued fit never meets a state it cannot use."""
+
+def _optimizer_state(module: nn.Module, raw: dict, folded=(), optimizer="adam") -> dict:
+    """The optimiser's state by weight name, every tensor checked against what the
+    optimiser keeps for its weight, so that a continued fit never meets a state it cannot
+    use: for the built-in optimisers (:data:`OPTIMIZER_STATE`) exactly their keys, their
+    moments of the weight's shape and dtype and a float32 scalar ``step``; for an optimiser
+    class of the user's (pickles only), tensors of the weight's shape and dtype or scalars."""
     params = dict(module.named_parameters())
+    keys = OPTIMIZER_STATE.get(optimizer) if isinstance(optimizer, str) else None
     state: dict = {}
     for name, moments in raw.items():
-        if name in folded:  # Adam's moments of a weight that no longer exists
+        if name in folded:  # the optimiser state of a weight that no longer exists
             continue
         if name not in params:
             raise ValueError(f"optimiser state for an unknown weight {name!r}")
         if not isinstance(moments, dict):
             raise TypeError(f"optimiser state of {name} is a {type(moments).__name__}")
-        unknown = sorted(str(key) for key in moments if key not in ADAM_STATE)
-        missing = [key for key in ADAM_STATE if key not in moments]
-        if unknown or missing:
-            wrong = [f"optimizer.{name}.{key} is not part of Adam's state" for key in unknown]
-            wrong += [f"optimizer.{name}.{key} is missing" for key in missing]
-            raise ValueError(f"optimiser state: {'; '.join(wrong)}")
+        if keys is not None:
+            unknown = sorted(str(key) for key in moments if key not in keys)
+            missing = [key for key in keys if key not in moments and key != "momentum_buffer"]
+            if unknown or missing:
+                kind = "Adam" if keys is ADAM_STATE else optimizer
+                wrong = [f"optimizer.{name}.{key} is not part of {kind}'s state" for key in unknown]
+                wrong += [f"optimizer.{name}.{key} is missing" for key in missing]
+                raise ValueError(f"optimiser state: {'; '.join(wrong)}")
         for key, value in moments.items():
             value = _tensor(value, f"optimizer.{name}.{key}")
             param = params[name]
-            shape, dtype = ((), torch.float32) if key == "step" else (param.shape, param.dtype)
+            if key == "step" or (keys is None and value.ndim == 0):
+                shape = ()
+                dtype = torch.float32 if key == "step" or keys is not None else value.dtype
+                if not value.is_floating_point():
+                    dtype = torch.float32
+            else:
+                shape, dtype = param.shape, param.dtype
             if value.shape != shape or value.dtype != dtype:
                 raise ValueError(
                     f"optimiser state optimizer.{name}.{key} is {tuple(value.shape)} "
-                    f"{str(value.dtype).removeprefix('torch.')}; Adam keeps it as "
+                    f"{str(value.dtype).removeprefix('torch.')}; "
+                    f"{'Adam' if keys is ADAM_STATE else 'the optimiser'} keeps it as "
                     f"{tuple(shape)} {str(dtype).removeprefix('torch.')}"
                 )
             state.setdefault(name, {})[key] = value

@@ -15,14 +15,34 @@ from .objectives import infonce_mi_loss
 def encode(
     module: nn.Module, dataset: ArrayBatches, batch_size: int, device, level: str = "code"
 ) -> np.ndarray:
-    """Features of every sample at ``level``, float32, batch by batch into one output array."""
+    """Features of every sample at ``level``, float32, batch by batch into one output array.
+
+    An encoder of your own without a ``features`` method gives the code mean of its
+    ``forward`` (the contract of :mod:`dimlearn.networks`)."""
     module.eval()
     encoder = module.encoder
-    out = np.empty((len(dataset), encoder.feature_dims[level]), dtype=np.float32)
+    out = np.empty((len(dataset), feature_width(encoder, level)), dtype=np.float32)
     for start in range(0, len(dataset), batch_size):
-        features = encoder.features(dataset.take(slice(start, start + batch_size), device), level)
+        x = dataset.take(slice(start, start + batch_size), device)
+        if level == "code" and not hasattr(encoder, "features"):
+            features = encoder(x)[1]
+        else:
+            features = encoder.features(x, level)
         out[start : start + features.shape[0]] = features.cpu().numpy()
     return out
+
+
+def feature_width(encoder: nn.Module, level: str) -> int:
+    """The width of the encoder's features at ``level`` (``feature_level``), or a
+    ``ValueError`` naming the levels it gives."""
+    dims = encoder.feature_dims
+    if level not in dims or (level != "code" and not hasattr(encoder, "features")):
+        raise ValueError(
+            f"feature_level={level!r}, but this model's encoder ({type(encoder).__name__}) "
+            f"gives features at {sorted(dims) if hasattr(encoder, 'features') else ['code']} "
+            "only. Set feature_level to one of them."
+        )
+    return dims[level]
 
 
 @torch.no_grad()

@@ -23,7 +23,13 @@ from .critics import (
     split_pairs,
 )
 from .inputs import Layout
-from .networks import ConvEncoder, MLPEncoder, TokenEncoder
+from .networks import (
+    ConvEncoder,
+    MLPEncoder,
+    TokenEncoder,
+    check_encoder,
+    check_encoder_output,
+)
 from .networks import fold_old_biases as fold_biases
 from .objectives import (
     adversarial_prior_losses,
@@ -60,7 +66,8 @@ class DeepInfomaxModule(nn.Module):
 
     Parameters
     ----------
-    encoder : ConvEncoder or MLPEncoder
+    encoder : nn.Module
+        An encoder of the contract of :mod:`dimlearn.networks`.
     latent_dim : int
     critic_hidden : int
         Width of both critics' hidden layers (and of the dot critics' embeddings).
@@ -306,20 +313,7 @@ def build_module(config: Settings, layout: Layout) -> DeepInfomaxModule:
     >>> module.encoder.feature_dims
     {'conv': 64, 'fc': 64, 'code': 64}
     """
-    if layout.kind == "tabular":
-        tabular = TokenEncoder if config.architecture.tabular_encoder == "tokens" else MLPEncoder
-        encoder = tabular(
-            layout.channels, config.architecture.latent_dim, config.architecture.width
-        )
-    else:
-        height, width_px = layout.height_width
-        encoder = ConvEncoder(
-            layout.channels,
-            height,
-            width_px,
-            config.architecture.latent_dim,
-            config.architecture.width,
-        )
+    encoder = build_encoder(config, layout)
     return DeepInfomaxModule(
         encoder,
         config.architecture.latent_dim,
@@ -336,6 +330,49 @@ def build_module(config: Settings, layout: Layout) -> DeepInfomaxModule:
         reconstruction=config.objective.reconstruction > 0,
         local_scales=config.architecture.local_scales,
     )
+
+
+def build_encoder(config: Settings, layout: Layout) -> nn.Module:
+    """The encoder for samples of ``layout``: dimlearn's (``encoder="auto"``), or the one
+    the ``encoder`` parameter builds, called with the sizes of the samples, ``latent_dim``
+    and ``width`` as keywords and checked against the contract of :mod:`dimlearn.networks`
+    (its output on two samples of zeros too, unless it is built on the ``meta`` device).
+
+    Examples
+    --------
+    >>> from dimlearn import DeepInfomaxTransformer
+    >>> from dimlearn.inputs import resolve_layout
+    >>> config = Settings.from_params(DeepInfomaxTransformer(width=4).get_params())
+    >>> type(build_encoder(config, resolve_layout((5,), None, "auto"))).__name__
+    'TokenEncoder'
+    """
+    architecture = config.architecture
+    if layout.kind == "tabular":
+        sizes = {"n_features": layout.channels}
+    else:
+        height, width_px = layout.height_width
+        sizes = {"in_channels": layout.channels, "height": height, "width_px": width_px}
+    build = architecture.encoder
+    if build == "auto":
+        if layout.kind == "image":
+            build = ConvEncoder
+        else:
+            build = TokenEncoder if architecture.tabular_encoder == "tokens" else MLPEncoder
+    encoder = build(**sizes, latent_dim=architecture.latent_dim, width=architecture.width)
+    if architecture.encoder == "auto":
+        return encoder
+    # on the meta device: a fitted model rebuilt to take its weights, whose feature_level may
+    # have been set to one its encoder lacks after the fit (transform says so)
+    training = not any(t.is_meta for t in (*encoder.parameters(), *encoder.buffers()))
+    check_encoder(
+        encoder,
+        latent_dim=architecture.latent_dim,
+        local_scales=architecture.local_scales if layout.kind == "image" else 1,
+        feature_level=config.data.feature_level if training else "code",
+    )
+    if training:
+        check_encoder_output(encoder, torch.zeros(2, *sizes.values()), architecture.latent_dim)
+    return encoder
 
 
 def keep_parts(module: nn.Module, parts: set[str]) -> nn.Module:

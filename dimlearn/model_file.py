@@ -67,12 +67,16 @@ with the square of their length."""
 
 
 class ModelFileError(ValueError):
-    """A file that :func:`dimlearn.load` cannot read as a dimlearn model, and why.
+    """A file that :func:`dimlearn.load` cannot read as a dimlearn model, or a model that
+    :func:`dimlearn.save` cannot write as one, and why.
 
-    Raised for truncated or damaged files, files written by a newer dimlearn, files that
-    are not dimlearn models (pickle and joblib files included), and files whose description
-    (JSON) or weights were edited into something inconsistent. A ``ValueError``, so code that
-    catches bad input catches it too.
+    Raised by ``load`` for truncated or damaged files, files written by a newer dimlearn,
+    files that are not dimlearn models (pickle and joblib files included), and files whose
+    description (JSON) or weights were edited into something inconsistent; by ``save`` for
+    a model holding Python code of its own, which a model file cannot rebuild (an
+    ``encoder``, an ``optimizer`` class other than dimlearn's, an ``augmentation`` or
+    ``callbacks``): the message says to use joblib or skops, or what to set instead. A
+    ``ValueError``, so code that catches bad input catches it too.
 
     Examples
     --------

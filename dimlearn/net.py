@@ -37,9 +37,13 @@ from .distributed import data_parallel
 from .infomax import keep_parts, kept_parts, trained_parts
 from .inputs import ArrayBatches, OrderedBatches, ShuffledBatches
 from .objectives import DeepInfomaxLoss
-from .optimizer_state import named_optimizer_state, set_named_optimizer_state
+from .optimizer_state import (
+    named_optimizer_state,
+    optimizer_class,
+    set_named_optimizer_state,
+)
 from .settings import Settings
-from .views import random_crop_flip, two_views
+from .views import default_view, two_views
 
 if TYPE_CHECKING:
     from .distributed import Ranks
@@ -93,10 +97,13 @@ class DeepInfomaxNet(NeuralNet):
     Parameters (beyond skorch's)
     ----------------------------
     augment : bool
-        Random crop and flip of every training batch (:func:`~dimlearn.views.random_crop_flip`).
+        One augmented view of every training batch (views=1).
     views : {1, 2}
         2: the module gets two augmented views of every training batch, stacked
         (:func:`~dimlearn.views.two_views`); held-out batches are given as two identical views.
+    augmentation : callable or None
+        What draws a view: ``augmentation(batch, generator, part, flip)`` (the estimator's
+        parameter); None: :func:`~dimlearn.views.default_view` of ``kind`` and ``views``.
     flip : bool
         Whether augmented images are mirrored at random (half of them).
     kind : {"image", "tabular"}
@@ -122,6 +129,7 @@ class DeepInfomaxNet(NeuralNet):
         *args,
         augment: bool = False,
         views: int = 1,
+        augmentation=None,
         flip: bool = True,
         kind: str = "image",
         channels_last: bool = False,
@@ -135,6 +143,7 @@ class DeepInfomaxNet(NeuralNet):
         super().__init__(module, *args, **kwargs)
         self.augment = augment
         self.views = views
+        self.augmentation = augmentation
         self.flip = flip
         self.kind = kind
         self.channels_last = channels_last
@@ -158,10 +167,23 @@ class DeepInfomaxNet(NeuralNet):
         if self.views == 2:
             if not training:
                 return x.expand(2, *x.shape)
-            return two_views(x, self.kind, self.generator, part, self.flip)
+            return two_views(x, self.kind, self.generator, part, self.flip, self._view)
         if training and self.augment:
-            x = random_crop_flip(x, self.generator, part, self.flip)
+            x = self._view(x, self.generator, part, self.flip)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _view(self, batch: torch.Tensor, generator, part, flip: bool) -> torch.Tensor:
+        """One view of a batch by the augmentation, checked to keep the batch's shape."""
+        view = (self.augmentation or default_view(self.kind, self.views))(
+            batch, generator, part, flip
+        )
+        if not isinstance(view, torch.Tensor) or view.shape != batch.shape:
+            got = tuple(view.shape) if isinstance(view, torch.Tensor) else type(view).__name__
+            raise ValueError(
+                f"the augmentation returned {got} for a batch of shape {tuple(batch.shape)}; "
+                "it must return one view of the batch, a tensor of the same shape."
+            )
+        return view
 
     def autocast(self):
         """Mixed precision for the forward pass and the loss, or nothing for float32."""
@@ -266,7 +288,9 @@ def build_net(
     ``max_epochs`` (:class:`~dimlearn.callbacks.CosineSchedule`). ``max_time`` stops
     training at a batch's or an epoch's end (:class:`~dimlearn.callbacks.TimeBudget`), and so
     does a Ctrl-C during :func:`_fit_net` (``net.stop_request``). With ``ranks`` each process
-    trains on its part of every batch and only rank 0 prints.
+    trains on its part of every batch and only rank 0 prints. The ``callbacks`` parameter's
+    run after those that score and schedule, before those that stop; the optimiser is the
+    ``optimizer`` parameter's, given ``lr`` and the routed keywords.
     """
     criterion = DeepInfomaxLoss(config.objective.weights)
     callbacks = [
@@ -275,6 +299,7 @@ def build_net(
     ]
     if config.optimisation.lr_schedule == "cosine":
         callbacks.append(("lr_schedule", CosineSchedule(max_epochs, config.optimisation.max_time)))
+    callbacks.extend(config.runtime.callbacks or [])  # checked by resolved()
     if valid_dataset is not None:
         stopping = BestEpochEarlyStopping(
             monitor="valid_loss",
@@ -298,7 +323,8 @@ def build_net(
     return DeepInfomaxNet(
         module,
         criterion=criterion,
-        optimizer=torch.optim.Adam,
+        optimizer=optimizer_class(config.optimisation.optimizer),
+        **{f"optimizer__{key}": value for key, value in config.optimizer_options.items()},
         lr=config.optimisation.lr,
         max_epochs=max_epochs,
         batch_size=config.optimisation.batch_size,
@@ -317,6 +343,7 @@ def build_net(
         verbose=verbose,
         augment=bool(config.views.augment),
         views=config.views.views,
+        augmentation=config.views.augmentation,
         flip=bool(config.views.flip),
         kind=dataset.layout.kind,
         channels_last=on_cuda and dataset.layout.kind == "image",
@@ -338,13 +365,15 @@ def keeps_data_on_device(dataset: ArrayBatches, config: Settings, device) -> boo
 
 
 def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: set[str]) -> None:
-    """Load fitted weights and name-keyed Adam moments into a freshly initialised net.
+    """Load fitted weights and the name-keyed optimiser state (Adam's moments) into a
+    freshly initialised net (:func:`~dimlearn.training.train` has checked that its class
+    is the fitted one).
 
     Every fitted weight must have a place of the same shape in the new module (else a
     ``ValueError`` names the differing weights). The optimiser keeps its own, current,
     learning rate. Parts of the new module that the fitted one lacks keep their fresh
-    weights; if the loss trains one of them (``trained``), or Adam's moments are missing, a
-    warning says so.
+    weights; if the loss trains one of them (``trained``), or the optimiser state is
+    missing, a warning says so.
     """
     fitted_state = fitted.module.state_dict()
     fresh = plain_module(net).state_dict()
@@ -379,7 +408,7 @@ def restore_training_state(net: DeepInfomaxNet, fitted: FittedState, trained: se
     if fitted.optimizer_state is None:
         notes.append(
             "the model holds no optimiser state (it was loaded from a file saved without "
-            "include_training_state=True): Adam starts afresh"
+            f"include_training_state=True): {type(net.optimizer_).__name__} starts afresh"
         )
     if notes:
         warn(f"Continuing training: {'; '.join(notes)}.")

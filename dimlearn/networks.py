@@ -4,9 +4,23 @@ Every encoder maps a batch to ``(local_map, mu, logvar)``: the local feature map
 ``(B, c, h, w)`` that the local critic reads, and the Gaussian code's mean and log-variance.
 What reads them during training (the critics, the prior's discriminator, the rows' decoder)
 is in :mod:`dimlearn.critics`.
+
+The contract of an encoder, which one of your own (the estimator's ``encoder`` parameter)
+keeps too, and which :func:`check_encoder` checks right after building it:
+
+- ``forward(x)``, ``x`` a standardised batch (``(B, C, H, W)`` images, ``(B, F)`` rows),
+  returns ``(local_map, mu, logvar)``: ``(B, c, h, w)``, ``(B, latent_dim)``,
+  ``(B, latent_dim)``;
+- ``local_shape``: ``(c, h, w)``, the local map of one sample;
+- ``feature_dims``: ``{"code": latent_dim}``, and the widths of the other levels it gives
+  (``"fc"``, ``"conv"``) through ``features(x, level)`` (``feature_level``);
+- for ``local_scales=2``: ``with_conv_map(x)``, returning ``(local_map, conv_map, mu,
+  logvar)``, and ``conv_shape``, the ``(c, h, w)`` of ``conv_map``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -83,18 +97,20 @@ def _conv(n_in: int, n_out: int, layer: dict, bias: bool = True) -> nn.Conv2d:
 class _Encoder(nn.Module):
     """Shared by the encoders: ``to_local`` -> ``to_fc`` -> ``to_code``.
 
-    The first ``n_conv_layers`` layers of ``to_fc`` end at the last conv layer (flattened):
-    the "conv" feature level. ``feature_dims`` gives each level's width.
+    :meth:`to_conv` maps the local map to the "conv" feature level (flattened);
+    ``feature_dims`` gives each level's width.
     """
 
-    n_conv_layers = 0
+    def to_conv(self, local_map: torch.Tensor) -> torch.Tensor:
+        """The map of the "conv" feature level: the local map itself (table rows)."""
+        return local_map
 
     def features(self, x: torch.Tensor, level: str) -> torch.Tensor:
         """Features at ``level``: ``"conv"`` (last conv layer, flattened), ``"fc"`` or
         ``"code"`` (the code mean)."""
         hidden = self.to_local(x)
         if level == "conv":
-            return self.to_fc[: self.n_conv_layers](hidden).flatten(1)
+            return self.to_conv(hidden).flatten(1)
         fc = self.to_fc(hidden)
         return fc if level == "fc" else self.to_code(fc).chunk(2, dim=1)[0]
 
@@ -110,6 +126,12 @@ class ConvEncoder(_Encoder):
     normalisation subtracts it again, so its true gradient is 0, and Adam would turn the
     float noise in that gradient into steps of about ``lr`` that differ from one summation
     order (thread count, processor, number of processes) to the next.
+
+    Its stages: ``to_local`` (the image to the local map), ``to_fc`` (the local map to the
+    fc layer) and ``to_code``. ``to_fc`` holds the last conv layer and the fc layer in one
+    ``Sequential``, as the weights' names in model files (``to_fc.0.weight``) have it;
+    :meth:`to_conv` and :meth:`conv_to_fc` are its two parts, cut at its ``Flatten``
+    (found in the layers, so a subclass may change them).
 
     Examples
     --------
@@ -141,7 +163,6 @@ class ConvEncoder(_Encoder):
             nn.ReLU(),
         )
         self.to_code = code_head(16 * width, latent_dim)
-        self.n_conv_layers = 4
         self.conv_shape = (4 * width, *third["side"])
         conv_dims = 4 * width * last_positions
         self.feature_dims = {"conv": conv_dims, "fc": 16 * width, "code": latent_dim}
@@ -151,13 +172,25 @@ class ConvEncoder(_Encoder):
         mu, logvar = self.to_code(self.to_fc(local_map)).chunk(2, dim=1)
         return local_map, mu, logvar
 
+    def _flatten_at(self) -> int:
+        return next(i for i, layer in enumerate(self.to_fc) if isinstance(layer, nn.Flatten))
+
+    def to_conv(self, local_map: torch.Tensor) -> torch.Tensor:
+        """The last conv layer's map (after its BatchNorm and ReLU, :attr:`conv_shape`):
+        the layers of ``to_fc`` before its ``Flatten``."""
+        return self.to_fc[: self._flatten_at()](local_map)
+
+    def conv_to_fc(self, conv_map: torch.Tensor) -> torch.Tensor:
+        """The fc layer from the last conv layer's map: the rest of ``to_fc``."""
+        return self.to_fc[self._flatten_at() :](conv_map)
+
     def with_conv_map(self, x: torch.Tensor):
         """``(local_map, conv_map, mu, logvar)``: :meth:`forward` with the last conv layer's
-        map (after its BatchNorm and ReLU, :attr:`conv_shape`), which ``local_scales=2``
-        contrasts with the code too."""
+        map (:meth:`to_conv`, :attr:`conv_shape`), which ``local_scales=2`` contrasts with
+        the code too."""
         local_map = self.to_local(x)
-        conv_map = self.to_fc[:3](local_map)
-        mu, logvar = self.to_code(self.to_fc[3:](conv_map)).chunk(2, dim=1)
+        conv_map = self.to_conv(local_map)
+        mu, logvar = self.to_code(self.conv_to_fc(conv_map)).chunk(2, dim=1)
         return local_map, conv_map, mu, logvar
 
 
@@ -354,6 +387,89 @@ class MLPEncoder(_Encoder):
         hidden = self.to_local(x)
         mu, logvar = self.to_code(self.to_fc(hidden)).chunk(2, dim=1)
         return hidden[:, :, None, None], mu, logvar
+
+
+def _is_shape(value) -> bool:
+    return (
+        isinstance(value, tuple | list)
+        and len(value) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+    )
+
+
+def check_encoder(
+    encoder, *, latent_dim: int, local_scales: int = 1, feature_level: str = "code"
+) -> None:
+    """Raise ``ValueError`` naming what is missing if ``encoder`` (built by the
+    estimator's ``encoder`` parameter) lacks a part of the contract (this module's
+    docstring) that training with these settings needs: ``local_shape``, ``feature_dims``
+    with ``"code": latent_dim`` (and ``feature_level`` with a ``features`` method), and
+    ``with_conv_map`` and ``conv_shape`` for ``local_scales=2``.
+
+    Examples
+    --------
+    >>> check_encoder(ConvEncoder(3, 32, 32, latent_dim=8, width=4), latent_dim=8)
+    >>> try:
+    ...     check_encoder(nn.Linear(4, 8), latent_dim=8)
+    ... except ValueError as error:
+    ...     print(str(error)[:56])
+    the encoder (Linear) lacks what training needs of it: lo
+    """
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"the encoder parameter built a {type(encoder).__name__}, not a torch.nn.Module: "
+            "pass an nn.Module subclass, or a function that returns an instance of one."
+        )
+    missing = []
+    if not _is_shape(getattr(encoder, "local_shape", None)):
+        missing.append("local_shape, the (channels, h, w) of the local map")
+    dims = getattr(encoder, "feature_dims", None)
+    if not isinstance(dims, Mapping) or dims.get("code") != latent_dim:
+        missing.append(f'feature_dims, a dict with "code": {latent_dim} (latent_dim)')
+    elif feature_level != "code" and not (
+        feature_level in dims and callable(getattr(encoder, "features", None))
+    ):
+        missing.append(
+            f'feature_dims["{feature_level}"] and features(x, level) for '
+            f'feature_level="{feature_level}"'
+        )
+    if local_scales == 2 and not (
+        callable(getattr(encoder, "with_conv_map", None))
+        and _is_shape(getattr(encoder, "conv_shape", None))
+    ):
+        missing.append("with_conv_map(x) and conv_shape, for local_scales=2")
+    if missing:
+        raise ValueError(
+            f"the encoder ({type(encoder).__name__}) lacks what training needs of it: "
+            f"{'; '.join(missing)}. See the encoder contract in dimlearn.networks (subclassing "
+            "ConvEncoder gives all of it)."
+        )
+
+
+def check_encoder_output(encoder: nn.Module, sample: torch.Tensor, latent_dim: int) -> None:
+    """Raise ``ValueError`` unless ``encoder(sample)`` (two samples, in eval mode, without
+    gradients, so that no BatchNorm statistic moves) returns ``(local_map, mu, logvar)`` of
+    the shapes its ``local_shape`` and ``latent_dim`` say."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            out = encoder(sample)
+    finally:
+        encoder.train(was_training)
+    n = len(sample)
+    expected = [(n, *encoder.local_shape), (n, latent_dim), (n, latent_dim)]
+    shapes = (
+        [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in out]
+        if isinstance(out, tuple | list)
+        else type(out).__name__
+    )
+    if shapes != expected:
+        raise ValueError(
+            f"the encoder ({type(encoder).__name__}) returned {shapes} for a batch of shape "
+            f"{tuple(sample.shape)}; it must return (local_map, mu, logvar) of shapes "
+            f"{expected} (local_shape {tuple(encoder.local_shape)}, latent_dim {latent_dim})."
+        )
 
 
 # Pickles of dimlearn 0.2 hold the networks themselves and name the critics' classes in this

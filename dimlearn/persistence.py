@@ -37,6 +37,8 @@ from ._version import __version__
 from .estimator import DeepInfomaxTransformer
 from .fitted import FittedState, restore
 from .model_file import ModelFileError, parse_json, read_header, read_tensors
+from .optimizer_state import optimizer_name
+from .settings import OPTIMIZERS, routed
 
 FORMAT_NAME = "dimlearn.model"
 FORMAT_VERSION = 2
@@ -56,6 +58,12 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
     the training RNG stream, so that ``load(path).set_params(warm_start=True).fit(X)``
     continues exactly as the in-memory estimator would. The file is written to a temporary
     name and renamed, so an interrupted save never leaves half a file at ``path``.
+
+    A model file holds numbers and JSON, never code, so it stores the ``optimizer`` by
+    name (a class among dimlearn's, ``torch.optim.Adam`` say, as its name) with the routed
+    ``optimizer__*`` keywords as JSON (tuples come back as tuples), and refuses, with a
+    :class:`ModelFileError` before writing, a model with an ``encoder`` of your own, another
+    optimiser class, an ``augmentation`` or ``callbacks``: joblib or skops store those.
 
     Parameters
     ----------
@@ -84,6 +92,7 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
     from safetensors.torch import save as to_bytes
 
     check_is_fitted(estimator)
+    params = _params(estimator)  # refuses what a file cannot rebuild, before anything
     if include_training_state and not FittedState.of(estimator).has_training_state:
         raise ValueError(
             "include_training_state=True, but this model holds no training state: it was "
@@ -104,13 +113,14 @@ def save(estimator: DeepInfomaxTransformer, path, *, include_training_state: boo
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
         },
-        "params": _params(estimator),
+        "params": params,
         "fitted": plain["fitted"],
         "history": plain["history"],
         "training_state": include_training_state,
     }
     if include_training_state:
         payload["random_state_"] = plain["random_state"]
+        payload["optimizer_name"] = plain["optimizer_name"]
     description = json.dumps(payload)
     metadata = {
         "format": FORMAT_NAME,
@@ -265,13 +275,56 @@ def load(path, *, device: str | None = None) -> DeepInfomaxTransformer:
 
 
 def _params(estimator) -> dict:
+    """The estimator's parameters as JSON, or a :class:`ModelFileError` for one that a file
+    cannot rebuild (Python code of the user's)."""
     params = estimator.get_params(deep=False)
+    if params["encoder"] != "auto":
+        raise ModelFileError(
+            f"encoder={params['encoder']!r} is a network of your own, which dimlearn cannot "
+            "rebuild from a model file. Use joblib or skops to store this model (skops: pass "
+            "the encoder's class among trusted when loading), or encoder='auto'."
+        )
+    for name in ("augmentation", "callbacks"):
+        if params[name] is not None and params[name] != []:
+            raise ModelFileError(
+                f"{name}={params[name]!r} is Python code, which a model file cannot hold. It "
+                f"acts in training only: set_params({name}=None) before saving (the fitted "
+                "networks stay as they are), or use joblib or skops."
+            )
+    optimizer = params["optimizer"]
+    if not isinstance(optimizer, str):
+        if optimizer_name(optimizer) not in OPTIMIZERS:
+            raise ModelFileError(
+                f"optimizer={optimizer!r} is not one of dimlearn's ({', '.join(OPTIMIZERS)}), "
+                "so a model file cannot name it. Use joblib or skops to store this model."
+            )
+        params["optimizer"] = optimizer_name(optimizer)
+    for name, value in routed(params).items():
+        params[name] = _json_option(name, value)
     if not (params["random_state"] is None or isinstance(params["random_state"], int)):
         params["random_state"] = None  # a RandomState instance: its stream is the fitted one
     params["device"] = str(params["device"])
     if params["image_shape"] is not None:
         params["image_shape"] = [int(s) for s in params["image_shape"]]
     return params
+
+
+def _json_option(name: str, value):
+    """A keyword routed to the optimiser as JSON: a number, a string, a bool, None, or a
+    tuple or list of those (a list in the file, read back as a tuple)."""
+
+    def plain(item) -> bool:
+        return item is None or isinstance(item, bool | int | float | str)
+
+    if plain(value):
+        return value
+    if isinstance(value, tuple | list) and all(plain(item) for item in value):
+        return list(value)
+    raise ModelFileError(
+        f"{name}={value!r} is not a number, a string or a tuple of them, which is all a model "
+        "file stores of the keywords routed to the optimiser. Use joblib or skops to store "
+        "this model."
+    )
 
 
 def _digest(tensors: dict, description: str | None = None) -> str:
@@ -305,7 +358,16 @@ def _get(payload, *keys):
 
 
 PAYLOAD_FIELDS = frozenset(
-    {"estimator", "versions", "params", "fitted", "history", "training_state", "random_state_"}
+    {
+        "estimator",
+        "versions",
+        "params",
+        "fitted",
+        "history",
+        "training_state",
+        "random_state_",
+        "optimizer_name",
+    }
 )
 """The fields of a model file's description (JSON); any other is refused."""
 
@@ -324,6 +386,10 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
     params = dict(payload["params"])
     if params.get("image_shape") is not None:  # JSON holds the tuple as a list
         params["image_shape"] = tuple(params["image_shape"])
+    for name, value in routed(params).items():  # JSON has lists where tuples were
+        params[name] = tuple(_json_option(name, value)) if isinstance(value, list) else value
+    if params.get("callbacks") not in (None, []):  # save writes none: JSON is no callback
+        raise ModelFileError(f"it holds callbacks, {params['callbacks']!r}, which files never do")
     plain = {"fitted": payload["fitted"], "history": payload["history"], "weights": {}}
     optimizer: dict = {}
     for key, value in tensors.items():
@@ -338,6 +404,7 @@ def _rebuild(payload: dict, tensors: dict, version: int) -> DeepInfomaxTransform
     if payload["training_state"] is True:
         plain["optimizer"] = optimizer
         plain["random_state"] = payload["random_state_"]
+        plain["optimizer_name"] = payload.get("optimizer_name", "adam")  # older files: Adam
     elif payload["training_state"] is not False or optimizer or "random_state_" in payload:
         raise ModelFileError("its training state is not what training_state says")
     estimator = DeepInfomaxTransformer.__new__(DeepInfomaxTransformer)

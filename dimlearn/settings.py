@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from numbers import Integral, Real
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 TERM_NAMES = ("global", "local", "prior", "local_local", "reconstruction")
 """The loss terms, in the order of their weights (:data:`WEIGHT_NAMES`)."""
@@ -118,6 +118,45 @@ class DeviceName(StrOptions):
 
     def __str__(self):
         return "a str among 'auto', 'cpu', 'cuda', 'cuda:N' (N a device index) or 'mps'"
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+"""The optimisers the ``optimizer`` parameter names (a model file stores these names)."""
+
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+
+ROUTED_PREFIX = "optimizer__"
+"""Parameters named ``optimizer__<keyword>`` are routed to the optimiser's constructor."""
+
+
+def is_routed(name: str) -> bool:
+    """Whether ``name`` is a parameter routed to the optimiser (``optimizer__<keyword>``).
+
+    Examples
+    --------
+    >>> is_routed("optimizer__weight_decay"), is_routed("optimizer"), is_routed("alpha")
+    (True, False, False)
+    """
+    return name.startswith(ROUTED_PREFIX) and name[len(ROUTED_PREFIX) :].isidentifier()
+
+
+def routed(params: Mapping) -> dict:
+    """The entries of ``params`` routed to the optimiser, by their full names."""
+    return {name: value for name, value in params.items() if is_routed(name)}
+
+
+class OptimizerClass(Options):
+    """The constraint of ``optimizer`` besides its names: a ``torch.optim.Optimizer`` class
+    (an ``Options`` only in form: scikit-learn takes constraints of its own kinds)."""
+
+    def __init__(self):
+        super().__init__(type, set())
+
+    def is_satisfied_by(self, val):
+        return isinstance(val, type) and issubclass(val, torch.optim.Optimizer)
+
+    def __str__(self):
+        return "a torch.optim.Optimizer subclass"
 
 
 @dataclass(frozen=True)
@@ -327,6 +366,34 @@ class Architecture:
         help="encoder of table rows: a token per feature, or an MLP",
     )
 
+    encoder: object = setting(
+        "auto",
+        [StrOptions({"auto"}), callable],
+        kind='"auto", torch.nn.Module subclass or function',
+        doc="""
+        The encoder. ``"auto"``: dimlearn's, the conv encoder for images
+        (:class:`~dimlearn.networks.ConvEncoder`) and ``tabular_encoder``'s for table rows.
+        Else a ``torch.nn.Module`` subclass or a factory of one, called as
+        ``encoder(in_channels=C, height=H, width_px=W, latent_dim=latent_dim,
+        width=width)`` for images and ``encoder(n_features=F, latent_dim=latent_dim,
+        width=width)`` for table rows (weights drawn from torch's global generator, which
+        ``random_state`` seeds). The module's ``forward(x)`` takes a standardised batch,
+        ``(B, C, H, W)`` or ``(B, F)``, and returns ``(local_map, mu, logvar)``: the
+        local map ``(B, c, h, w)`` that the local critic reads, and the code's mean and
+        log-variance, ``(B, latent_dim)`` each; it has ``local_shape`` (``(c, h, w)``) and
+        ``feature_dims`` (``{"code": latent_dim}`` and, for other ``feature_level`` values,
+        their widths with a method ``features(x, level)``), and for ``local_scales=2``
+        ``with_conv_map(x)`` (``(local_map, conv_map, mu, logvar)``) and ``conv_shape``.
+        ``fit`` checks all this right after building it, before training, with an error
+        that names what is missing (:func:`dimlearn.networks.check_encoder`). Subclassing
+        :class:`~dimlearn.networks.ConvEncoder` gives all of it. Such a model pickles
+        (joblib) and saves with skops (pass the encoder's class among ``trusted``), but
+        :func:`dimlearn.save` refuses it: a model file can rebuild dimlearn's networks only.
+        """,
+        help='the encoder: dimlearn\'s ("auto"), or a module class or factory of your own',
+        cli=PythonOnly("an encoder of your own is Python code"),
+    )
+
     @property
     def critic_hidden(self) -> int:
         """Width of the critics' hidden layers and embeddings: ``critic_width``, or
@@ -380,11 +447,36 @@ class Views:
         """,
         help="mirror augmented images at random: auto (colour images yes, grey no), true or false",
     )
+    augmentation: object = setting(
+        None,
+        [callable, None],
+        kind="function or None",
+        doc="""
+        The augmentation, as a function ``augmentation(batch, generator, part, flip)``
+        returning one view of a standardised training batch, of the same shape: ``batch``
+        is ``(B, C, H, W)`` images or ``(B, F)`` table rows on the training device;
+        ``generator`` is the training call's ``torch.Generator`` on that device (draw from
+        it, and the fit stays reproducible with ``random_state``); ``part`` is None, or in
+        data-parallel training which rows of the whole batch these are (see
+        :func:`dimlearn.views.random_crop_flip` for how to draw for the whole batch);
+        ``flip`` is what the ``flip`` parameter resolved to. It is called once per view:
+        twice per batch with two views, once with ``augment=True``; held-out batches are
+        never augmented. None: dimlearn's, :func:`dimlearn.views.image_view` (crop, flip,
+        colour jitter, greyscale) for two views of images,
+        :func:`dimlearn.views.random_crop_flip` for ``augment=True``, and SCARF's
+        :func:`dimlearn.views.corrupt_rows` for two views of table rows. One view without
+        ``augment`` augments nothing, so ``fit`` refuses a function there.
+        :func:`dimlearn.save` refuses a model holding a function (set it back to None
+        first: it acts in training only); pickles and skops keep it.
+        """,
+        help="the augmentation, a function of a batch returning a view",
+        cli=PythonOnly("an augmentation of your own is Python code"),
+    )
 
 
 @dataclass(frozen=True)
 class Optimisation:
-    """How long and how training steps: epochs, time budget, batches, Adam, early stopping."""
+    """How long and how training steps: epochs, time budget, batches, optimiser, early stopping."""
 
     max_epochs: object = setting(
         20,
@@ -419,16 +511,39 @@ class Optimisation:
         """,
         help="images per training step",
     )
+    optimizer: object = setting(
+        "adam",
+        [StrOptions(set(OPTIMIZER_NAMES)), OptimizerClass()],
+        kind='{"adam", "adamw", "sgd"} or torch.optim.Optimizer subclass',
+        doc="""
+        The optimiser: ``torch.optim.Adam``, ``AdamW`` or ``SGD`` by name, or a
+        ``torch.optim.Optimizer`` class, built with the learning rate ``lr``. Keyword
+        arguments of its constructor are routed to it as in skorch, by parameters named
+        ``optimizer__<name>``: ``DeepInfomaxTransformer(optimizer="adamw",
+        optimizer__weight_decay=1e-4)``, ``optimizer__betas=(0.9, 0.99)``; they are
+        parameters of the estimator (``get_params``, ``set_params``, ``clone``,
+        ``GridSearchCV``; as in skorch, ``set_params`` cannot remove one). ``fit`` refuses
+        a keyword the class does not take, and
+        ``optimizer__lr`` (the learning rate is ``lr``), before training. A continued fit
+        (``warm_start``, ``partial_fit``) keeps the optimiser's state (Adam's moments) and
+        refuses another optimiser class than the one it holds the state of. Model files
+        store the name (``torch.optim.AdamW`` given as a class too: ``"adamw"``) and the
+        routed keywords (numbers, strings, tuples of them); another class pickles and
+        saves with skops, and :func:`dimlearn.save` refuses it.
+        """,
+        help="the optimiser",
+        cli=PythonOnly("the command trains with Adam"),
+    )
     lr: object = setting(
         0.001,
         [Interval(Real, 0, None, closed="neither")],
         kind="float",
         doc="""
-        Adam learning rate. Every training call (``fit``, ``partial_fit``) uses the current
-        value: a continued fit keeps Adam's moments, not the learning rate the last call
-        ended with.
+        The optimiser's learning rate. Every training call (``fit``, ``partial_fit``) uses
+        the current value: a continued fit keeps the optimiser's state (Adam's moments), not
+        the learning rate the last call ended with.
         """,
-        help="Adam's learning rate",
+        help="the learning rate",
     )
     lr_schedule: object = setting(
         "constant",
@@ -514,8 +629,9 @@ class Runtime:
         doc="""
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
         ``"mps"`` (Apple's GPU, where torch has it); any other name is refused by the
-        parameter's constraint, a device that is not there by ``fit``. The fitted model is kept on the CPU, so a model fitted on a GPU loads and transforms
-        anywhere; ``transform`` falls back to the CPU with a warning if the device is gone.
+        parameter's constraint, a device that is not there by ``fit``. The fitted model is
+        kept on the CPU, so a model fitted on a GPU loads and transforms anywhere;
+        ``transform`` falls back to the CPU with a warning if the device is gone.
         ``transform`` and ``score`` keep a copy of the networks on an accelerator between
         calls (never pickled) and use batches of 4096 there (512 on the CPU).
         """,
@@ -607,6 +723,30 @@ class Runtime:
         0 is silent; 1 or more prints the per-epoch loss table and a progress bar.
         """,
         help="0 is silent; 1 prints a progress bar and the loss per epoch",
+    )
+    callbacks: object = setting(
+        None,
+        [list, None],
+        kind="list of skorch callbacks or None",
+        doc="""
+        skorch callbacks run beside dimlearn's own in every training call, as skorch's
+        ``NeuralNet`` takes them: ``skorch.callbacks.Callback`` instances (named after their
+        class) or ``(name, callback)`` pairs. The instances themselves are used (skorch
+        calls their ``initialize()`` at the start of each call), so they keep what they
+        saw. Their methods get the skorch net: ``net.module_`` is the whole module
+        (``net.module_.encoder`` the encoder), ``net.optimizer_`` the optimiser and
+        ``net.history`` the history of this training call only (a continued fit's earlier
+        epochs are in ``history_``, their count in ``net.epochs_before``). They run after
+        dimlearn's callbacks that score and schedule, before those that stop training (so
+        they see every batch and epoch that ends, the one a time budget or a Ctrl-C stops
+        at included, and their ``on_train_end`` comes before ``early_stopping`` restores
+        the best epoch), in every process of data-parallel training. A name of dimlearn's
+        own (:data:`dimlearn.callbacks.RESERVED_NAMES`) is refused before training.
+        :func:`dimlearn.save` refuses a model holding callbacks (set them back to None
+        first: they act in training only); pickles and skops keep them.
+        """,
+        help="skorch callbacks run beside dimlearn's own",
+        cli=PythonOnly("callbacks are Python objects"),
     )
 
 
@@ -705,42 +845,55 @@ class Settings:
     optimisation: Optimisation
     runtime: Runtime
     data: Data
+    optimizer_options: Mapping = field(default_factory=dict)
+    """The keywords routed to the optimiser's constructor (``optimizer__<keyword>``
+    parameters), by keyword."""
 
     @classmethod
     def from_params(cls, params: Mapping) -> Settings:
-        """The settings of ``DeepInfomaxTransformer.get_params()`` (other keys are ignored;
-        a missing one is a ``KeyError``)."""
+        """The settings of ``DeepInfomaxTransformer.get_params()`` (other keys are ignored,
+        but for those routed to the optimiser; a missing one is a ``KeyError``)."""
         return cls(
             **{
                 group: kind(**{f.name: params[f.name] for f in fields(kind)})
                 for group, kind in GROUPS.items()
-            }
+            },
+            optimizer_options={
+                name[len(ROUTED_PREFIX) :]: value for name, value in routed(params).items()
+            },
         )
 
     def params(self) -> dict:
-        """The flat parameters these settings hold, by name."""
-        return {
+        """The flat parameters these settings hold, by name (routed ones included)."""
+        flat = {
             f.name: getattr(getattr(self, group), f.name)
             for group, kind in GROUPS.items()
             for f in fields(kind)
         }
+        flat.update({ROUTED_PREFIX + key: value for key, value in self.optimizer_options.items()})
+        return flat
 
 
 def estimator_init():
-    """An ``__init__`` that stores every setting given (or its default) as an attribute of
-    the same name and nothing else, as scikit-learn asks; its signature lists the settings
-    as keyword-only parameters, which is what ``get_params`` and ``clone`` read."""
+    """An ``__init__`` that stores every setting given (or its default), and every keyword
+    routed to the optimiser (``optimizer__<keyword>``, as skorch's ``NeuralNet`` takes
+    them), as an attribute of the same name and nothing else, as scikit-learn asks; its
+    signature lists the settings as keyword-only parameters, which is what scikit-learn's
+    ``get_params`` reads (the estimator's own adds the routed ones; a ``**`` parameter in
+    the signature would fail scikit-learn's checks, which pass every name it lists)."""
     names = tuple(SETTINGS)
     initial = defaults()
 
     def __init__(self, **params):
-        unknown = sorted(set(params) - set(names))
+        unknown = sorted(name for name in params if name not in initial and not is_routed(name))
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}"
             )
         for name in names:
             setattr(self, name, params.get(name, initial[name]))
+        for name, value in routed(params).items():
+            setattr(self, name, value)
 
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     __init__.__signature__ = inspect.Signature(

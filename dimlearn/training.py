@@ -17,6 +17,7 @@ from .fitted import FittedState, loss_curve
 from .infomax import build_module
 from .inputs import resolve_layout, training_data
 from .net import build_net, train_net
+from .optimizer_state import check_continued_optimizer, optimizer_name
 from .settings import Settings
 
 _INITIAL_WEIGHTS_LOCK = threading.Lock()
@@ -66,6 +67,8 @@ def train(
                 "(a batch of one has no negatives)."
             )
         settings = _as_continued(settings, previous)
+    if previous is not None and previous.optimizer_state is not None:
+        check_continued_optimizer(previous.optimizer_name, settings.optimisation.optimizer)
     config = resolved(
         settings, layout, native_bfloat16=native_bfloat16(device), device_type=device.type
     )
@@ -107,8 +110,11 @@ def train(
     run = train_net(net, train_rows, config, previous)
     for entry in run.history:  # what this call's epochs ran with
         entry.update(chosen)
+    optimizer = optimizer_name(config.optimisation.optimizer)
     if previous is not None:
-        return previous.continued_by(run.module, run.optimizer_state, run.history, **chosen)
+        return previous.continued_by(
+            run.module, run.optimizer_state, run.history, optimizer_name=optimizer, **chosen
+        )
     return FittedState(
         module=run.module,
         history=run.history,
@@ -121,6 +127,7 @@ def train(
         n_features_in=int(np.prod(X.shape[1:])),
         feature_names_in=feature_names_in,
         optimizer_state=run.optimizer_state,
+        optimizer_name=optimizer,
         **chosen,
     )
 

@@ -19,16 +19,27 @@ import re
 from . import critics, networks
 from ._warn import warn
 from .infomax import module_from_state
+from .settings import is_routed
 
 READ_WITH = {
     (0, 2): {"views": 1, "temperature": None, "tabular_encoder": "mlp"},
-    (0, 3, 0): {"flip": "auto", "reconstruction": 0.0, "local_scales": 1, "critic_width": None},
+    (0, 3, 0): {
+        "flip": "auto",
+        "reconstruction": 0.0,
+        "local_scales": 1,
+        "critic_width": None,
+        "encoder": "auto",
+        "augmentation": None,
+        "optimizer": "adam",
+        "callbacks": None,
+    },
 }
 """Parameters that the files and pickles of a version (and of every older one) may lack,
 with the values that behave as that version did (not today's defaults): 0.2 trained one
 view, raw dot products and the MLP encoder of table rows; 0.3.0 mirrored every augmented
 image and no table row (``flip="auto"`` with the ``flip_`` such a model is read with),
-had no reconstruction term, one local map and critics of ``8 * width`` units."""
+had no reconstruction term, one local map, critics of ``8 * width`` units, its own
+networks, augmentation and callbacks only, and Adam."""
 
 CURRENT = (0, 4)
 """Files and pickles written by this version or a later one lack nothing."""
@@ -72,13 +83,14 @@ def version_of(text) -> tuple[int, ...]:
 def parameters(params: dict, written_by: tuple[int, ...], names) -> dict:
     """The parameters of a file or pickle written by ``written_by``, those it may lack (by
     :data:`READ_WITH`) filled in; ``ValueError`` naming any other that is missing, and any
-    that ``names`` (the estimator's parameters) does not know."""
+    that ``names`` (the estimator's parameters) does not know (keywords routed to the
+    optimiser, ``optimizer__*``, are known)."""
     filled = {}
     for version, values in READ_WITH.items():
         if written_by < CURRENT and written_by[: len(version)] <= version:
             filled.update(values)
     filled.update(params)
-    unknown = sorted(set(filled) - set(names))
+    unknown = sorted(name for name in set(filled) - set(names) if not is_routed(name))
     missing = sorted(set(names) - set(filled))
     if unknown or missing:
         problem = f"unknown parameters {unknown}" if unknown else ""

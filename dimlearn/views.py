@@ -8,6 +8,10 @@ greyscale on top (:func:`image_view`). Table rows: SCARF's random feature corrup
 in data-parallel training, draws for the whole batch and keeps this process's rows
 (``part``, see :class:`~dimlearn.critics.WholeBatch`), so the draws are those of one
 process.
+
+The estimator's ``augmentation`` parameter replaces them: a function of the same form as
+:func:`random_crop_flip`, ``augmentation(batch, generator, part, flip)``, returning one view
+of the batch, of its shape. :func:`default_view` is the one used where it is None.
 """
 
 from __future__ import annotations
@@ -130,11 +134,31 @@ def corrupt_rows(
     return torch.where(replace, whole[donors, columns], rows)
 
 
+def row_view(rows: torch.Tensor, generator=None, part=None, flip: bool = False) -> torch.Tensor:
+    """One view of table rows in the augmentation's form: :func:`corrupt_rows` (``flip``
+    is ignored; rows are never mirrored)."""
+    return corrupt_rows(rows, generator, part)
+
+
+def default_view(kind: str, views: int):
+    """dimlearn's augmentation, where the ``augmentation`` parameter is None: one view of a
+    batch of ``kind`` (``"image"`` or ``"tabular"``) for training with ``views`` views.
+
+    Examples
+    --------
+    >>> default_view("image", 2).__name__, default_view("image", 1).__name__
+    ('image_view', 'random_crop_flip')
+    """
+    if kind != "image":
+        return row_view
+    return image_view if views == 2 else random_crop_flip
+
+
 def two_views(
-    batch: torch.Tensor, kind: str, generator=None, part=None, flip: bool = True
+    batch: torch.Tensor, kind: str, generator=None, part=None, flip: bool = True, view=None
 ) -> torch.Tensor:
-    """Two independently augmented views of a batch, stacked: ``(2, B, ...)``. ``flip``
-    (images only): whether the views may be mirrored."""
-    if kind == "image":
-        return torch.stack([image_view(batch, generator, part, flip) for _ in range(2)])
-    return torch.stack([corrupt_rows(batch, generator, part) for _ in range(2)])
+    """Two independently augmented views of a batch, stacked: ``(2, B, ...)``, each drawn
+    by ``view`` (an augmentation, :func:`default_view` when None). ``flip`` (images only):
+    whether the views may be mirrored."""
+    view = view or default_view(kind, 2)
+    return torch.stack([view(batch, generator, part, flip) for _ in range(2)])

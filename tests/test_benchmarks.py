@@ -1,14 +1,18 @@
 """The benchmark commands run end to end on tiny data (they are measured elsewhere, not here)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from skorch.callbacks import Callback
 from torch import nn
 
 from benchmarks import quality, speed
 from benchmarks.common import load_dataset, markdown_table, probe_scores
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.settings import SETTINGS, is_routed
 
 
 def run_quality(tmp_path, name, *extra):
@@ -363,37 +367,47 @@ def test_next_level_runs_every_idea_and_probes_code_and_conv(tmp_path):
     argv = ["--dataset", "digits", "--budget-minutes", "0.005", "--n-train", "200"]
     assert next_level.main([*argv, "--n-test", "100", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "next_level.json").read_text())
-    ideas = [label for label, _, _ in next_level.IDEAS]
+    ideas = [label for label, _ in next_level.IDEAS]
     assert [r["features"] for r in payload["rows"]] == [
         f"{idea}: {level}" for idea in ideas for level in ("code", "conv")
     ]
     assert all(0.1 < r["linear"] <= 1 for r in payload["rows"])
+    # each row's parameters, written as JSON (classes, functions and callbacks by name)
+    assert payload["ideas"]["weight decay 1e-4"] == {
+        "optimizer": "adamw",
+        "optimizer__weight_decay": 1e-4,
+    }
+    assert payload["ideas"]["residual block"] == {"encoder": "ResidualLocalEncoder"}
+    assert payload["ideas"]["EMA of weights (0.998)"] == {
+        "callbacks": ["WeightAverage(decay=0.998)"]
+    }
     with pytest.raises(SystemExit):
         next_level.main([*argv, "--only", "no such idea", "--out", str(tmp_path)])
 
 
-def test_the_patched_ideas_that_won_are_what_the_parameters_build(digit_images, fast):
-    """The rows measured with patches (two-scale local MI, the narrow critic) and the
-    estimator's parameters that replaced them train the same networks to the same codes."""
+def test_the_benchmarks_patch_nothing_and_every_row_is_public_parameters():
     from benchmarks import next_level
 
-    X = digit_images[0][:96]
-    with next_level.combined(next_level.two_scale_local, next_level.narrow_critic):
-        patched = DeepInfomaxTransformer(**fast).fit(X)
-    product = DeepInfomaxTransformer(**fast, local_scales=2, critic_width=4 * fast["width"])
-    assert np.array_equal(product.fit(X).transform(X), patched.transform(X))
+    for path in Path(next_level.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "mock" not in text and "monkeypatch" not in text, path.name
+    for label, params in next_level.IDEAS:
+        assert all(name in SETTINGS or is_routed(name) for name in params), label
+        DeepInfomaxTransformer(**params)._validate_params()
+
+
+def rows(next_level):
+    return dict(next_level.IDEAS)
 
 
 def test_the_encoder_ideas_train_the_networks_they_name(digit_images, fast):
-    """The residual block and the wider local map are in the networks trained under their
-    patch (and only there), and the critics read the wider map."""
+    """The residual block and the wider local map are in the networks trained with their
+    encoder (and only there), and the critics read the wider map."""
     from benchmarks import next_level
 
     X = digit_images[0][:64]
-    with next_level.encoder(next_level.ResidualLocalEncoder):
-        residual = DeepInfomaxTransformer(**fast).fit(X)
-    with next_level.encoder(next_level.WiderLocalEncoder):
-        wider = DeepInfomaxTransformer(**fast).fit(X)
+    residual = DeepInfomaxTransformer(**fast, **rows(next_level)["residual block"]).fit(X)
+    wider = DeepInfomaxTransformer(**fast, **rows(next_level)["local map of 4w channels"]).fit(X)
     plain = DeepInfomaxTransformer(**fast).fit(X)
     assert isinstance(residual.module_.encoder.to_local[-1], next_level.BasicBlock)
     assert not any(isinstance(m, next_level.BasicBlock) for m in plain.module_.modules())
@@ -406,3 +420,55 @@ def test_the_encoder_ideas_train_the_networks_they_name(digit_images, fast):
         codes = dim.transform(X)
         assert codes.shape == (64, fast["latent_dim"]) and np.isfinite(codes).all()
         assert not np.array_equal(codes, plain.transform(X))
+    best = rows(next_level)["residual block, local_scales=2, critic_width=256"]
+    both = DeepInfomaxTransformer(**fast, **best).fit(X)  # the block's conv map: 2 scales
+    assert isinstance(both.module_.encoder.to_local[-1], next_level.BasicBlock)
+    assert both.module_.conv_local_critic is not None
+
+
+class SeenOptimizer(Callback):
+    def on_train_begin(self, net, **kwargs):
+        self.seen = (type(net.optimizer_), net.optimizer_.param_groups[0]["weight_decay"])
+
+
+def test_the_weight_decay_row_trains_with_adamw_and_its_decay(digit_images, fast):
+    from benchmarks import next_level
+
+    seen = SeenOptimizer()
+    params = rows(next_level)["weight decay 1e-4"]
+    DeepInfomaxTransformer(**fast, **params, callbacks=[seen]).fit(digit_images[0][:32])
+    assert seen.seen == (torch.optim.AdamW, 1e-4)
+
+
+def test_the_ema_row_leaves_the_average_of_the_weights_in_the_fitted_model(digit_images, fast):
+    from benchmarks import next_level
+
+    X = digit_images[0][:64]
+    (average,) = rows(next_level)["EMA of weights (0.998)"]["callbacks"]
+    dim = DeepInfomaxTransformer(**fast, callbacks=[average]).fit(X)
+    averaged = average.average_.module.encoder.state_dict()
+    for name, value in dim.module_.encoder.state_dict().items():
+        assert torch.equal(value, averaged[name]), name
+    plain = DeepInfomaxTransformer(**fast).fit(X)
+    assert not np.array_equal(dim.transform(X), plain.transform(X))
+    # with decay 0 the average is the last step's weights: the plain model, bit for bit
+    last = DeepInfomaxTransformer(**fast, callbacks=[next_level.WeightAverage(0.0)]).fit(X)
+    assert np.array_equal(last.transform(X), plain.transform(X))
+
+
+def test_the_resized_crop_rows_draw_resized_crops_in_place_of_shifts(digit_images, fast):
+    from benchmarks import next_level
+    from dimlearn.views import image_view
+
+    images = torch.rand(6, 3, 16, 16)
+    resized = rows(next_level)["resized crops"]["augmentation"]
+    stronger = rows(next_level)["resized crops, jitter 0.6"]["augmentation"]
+    views = [
+        view(images, torch.Generator().manual_seed(0), None, True)
+        for view in (resized, stronger, image_view)
+    ]
+    assert all(v.shape == images.shape for v in views)
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[0], views[2])
+    X = digit_images[0][:48]
+    dim = DeepInfomaxTransformer(**fast, augmentation=resized).fit(X)
+    assert not np.array_equal(dim.transform(X), DeepInfomaxTransformer(**fast).fit(X).transform(X))

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import Callback
 from skorch.history import History
 from torch import nn
 
@@ -192,7 +193,7 @@ class BatchClock:
         self.train_batches = self.held_out_batches = 0
         original = DeepInfomaxModule.terms
 
-        def terms(module, x, names, **step):
+        def terms(module, x, names, **step):  # step: the batch's part and generator
             if module.training:
                 self.now += 1.0
                 self.train_batches += 1
@@ -265,6 +266,65 @@ def test_a_budget_spent_in_the_held_out_pass_keeps_the_epoch_and_its_valid_loss(
     assert last["train_batch_count"] == 3 and "epoch_fraction" not in last
 
 
+# -- the callbacks parameter: the user's callbacks beside dimlearn's ----------------------
+
+
+class Recorder(Callback):
+    """Records what a callback of the user's sees of the net."""
+
+    def initialize(self):
+        self.batches, self.epochs, self.ends = 0, [], 0
+        return self
+
+    def on_batch_end(self, net, training=True, **kwargs):
+        self.batches += training
+
+    def on_epoch_end(self, net, **kwargs):
+        entry = net.history[-1]
+        self.epochs.append((len(net.history), net.epochs_before, "train_loss" in entry))
+        self.module = net.module_
+
+    def on_train_end(self, net, **kwargs):
+        self.ends += 1
+
+
+def test_callbacks_of_the_users_run_with_the_net_and_the_history_of_their_call(fast):
+    unnamed, named = Recorder(), Recorder()
+    dim = DeepInfomaxTransformer(**fast, callbacks=[unnamed, ("mine", named)])
+    dim.fit(small_images(n=20))
+    for recorder in (unnamed, named):  # the instances themselves ran
+        assert recorder.epochs == [(1, 0, True), (2, 0, True)] and recorder.ends == 1
+    assert hasattr(unnamed.module, "encoder")  # the whole module
+    dim.set_params(warm_start=True).fit(small_images(n=20))
+    # initialised afresh for the call; its history starts at 1, after the 2 epochs before
+    assert unnamed.epochs == [(1, 2, True), (2, 2, True)] and dim.n_iter_ == 4
+
+
+def test_callbacks_see_every_batch_and_the_epoch_a_time_budget_stops_at(monkeypatch, fast):
+    recorder = Recorder()
+    BatchClock(monkeypatch)
+    budget = dict(fast, max_epochs=100, batch_size=10, max_time=7.5, callbacks=[recorder])
+    dim = DeepInfomaxTransformer(**budget).fit(small_images(n=30))  # as in the test above
+    assert dim.n_iter_ == 2 and dim.history_[-1]["stopped_by_time"] is True
+    assert recorder.batches == 6 and [e[0] for e in recorder.epochs] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "message"),
+    [
+        ([("early_stopping", Recorder())], "'early_stopping' is one of dimlearn's own"),
+        ([("train_loss", Recorder())], "'train_loss' is one of dimlearn's own"),
+        ([Recorder(), "progress_bar"], "neither a skorch callback"),
+        ([print], "neither a skorch callback"),
+    ],
+)
+def test_callbacks_that_would_replace_dimlearns_or_are_none_are_refused(fast, callbacks, message):
+    dim = DeepInfomaxTransformer(**fast, callbacks=callbacks)
+    with pytest.raises(ValueError, match=message):
+        dim.fit(small_images(n=20))
+    assert not hasattr(dim, "module_")
+
+
 # -- learning-rate schedule and early stopping ------------------------------------------
 
 
@@ -306,7 +366,7 @@ def test_early_stopping_holds_out_rows_it_does_not_train_on(digit_images, fast):
 def test_early_stopping_with_too_few_rows_is_refused(monkeypatch, fast):
     import dimlearn.training as training_module
 
-    monkeypatch.setattr(training_module, "train_net", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(training_module, "train_networks", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="validation_fraction=0.1 splits 10 samples"):
         X = np.random.default_rng(0).random((10, 8, 8))
         DeepInfomaxTransformer(**fast, early_stopping=True).fit(X)

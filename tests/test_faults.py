@@ -50,8 +50,8 @@ def test_an_infinite_loss_is_caught_too(digit_images, monkeypatch, fast):
     X, _ = digit_images
     original = DeepInfomaxModule.terms
 
-    def terms(self, x, names):
-        out = original(self, x, names)
+    def terms(self, x, names, **step):
+        out = original(self, x, names, **step)
         out["local"] = out["local"] * float("inf")
         return out
 
@@ -69,14 +69,14 @@ def send_sigint_at_batch(monkeypatch, batch: int):
     calls = []
     original = DeepInfomaxModule.terms
 
-    def terms(self, x, names):
+    def terms(self, x, names, **step):  # step: the batch's part and generator
         calls.append(1)
         if len(calls) == batch:
             sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
             sender.start()
             sender.join()
             time.sleep(0.05)  # Python runs the handler in the main thread, about now
-        return original(self, x, names)
+        return original(self, x, names, **step)
 
     monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
     return calls
@@ -119,11 +119,11 @@ def test_an_interrupt_inside_a_batch_drops_only_that_batch(digit_images, monkeyp
     calls = []
     original = DeepInfomaxModule.terms
 
-    def terms(self, x, names):
+    def terms(self, x, names, **step):
         calls.append(1)
         if len(calls) == 6:
             raise KeyboardInterrupt
-        return original(self, x, names)
+        return original(self, x, names, **step)
 
     monkeypatch.setattr(DeepInfomaxModule, "terms", terms)
     dim = DeepInfomaxTransformer(**dict(fast, max_epochs=3), batch_size=16)

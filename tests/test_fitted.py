@@ -29,7 +29,8 @@ def plain_only(value):
 def test_every_fitted_attribute_is_listed_once(fitted):
     dim, _ = fitted
     fitted_names = {name for name in vars(dim) if name.endswith("_") and not name.startswith("__")}
-    assert fitted_names | {"_optimizer_state"} == set(ATTRIBUTES.values()) - {"feature_names_in_"}
+    training_state = {"_optimizer_state", "_optimizer_name"}
+    assert fitted_names | training_state == set(ATTRIBUTES.values()) - {"feature_names_in_"}
     assert len(set(ATTRIBUTES.values())) == len(ATTRIBUTES)
 
 

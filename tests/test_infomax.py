@@ -1,10 +1,15 @@
 """The Deep InfoMax module: loss terms of a batch, negatives, which part each term trains,
 and the module built from a config (and from saved weights)."""
 
+import pickle
+
+import joblib
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from dimlearn import DeepInfomaxTransformer
+from dimlearn import DeepInfomaxTransformer, ModelFileError, save
 from dimlearn.infomax import (
     DeepInfomaxModule,
     build_module,
@@ -196,3 +201,85 @@ def test_weights_that_do_not_fit_the_networks_are_named():
             layout,
             state,
         )
+
+
+# -- the encoder parameter: an encoder of one's own ----------------------------------------
+
+
+class TinyEncoder(nn.Module):
+    """An encoder of one's own: one convolution is the local map, the code comes from its
+    mean over positions (module-level, so that pickles and skops find it)."""
+
+    def __init__(self, in_channels, height, width_px, latent_dim, width):
+        super().__init__()
+        self.local = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(width, 2 * latent_dim)
+        self.local_shape = (width, height, width_px)
+        self.feature_dims = {"code": latent_dim}
+
+    def forward(self, x):
+        local_map = self.local(x)
+        mu, logvar = self.head(local_map.mean((2, 3))).chunk(2, dim=1)
+        return local_map, mu, logvar
+
+
+def test_an_encoder_of_ones_own_is_called_with_the_sizes_as_keywords():
+    calls = []
+
+    def factory(**sizes):
+        calls.append(sizes)
+        built = TokenEncoder if "n_features" in sizes else ConvEncoder
+        return built(**sizes)
+
+    images = build_module(config(encoder=factory), resolve_layout((12, 16, 3), None, "auto"))
+    rows = build_module(config(encoder=factory), resolve_layout((10,), None, "auto"))
+    assert calls == [
+        dict(in_channels=3, height=12, width_px=16, latent_dim=8, width=4),
+        dict(n_features=10, latent_dim=8, width=4),
+    ]
+    assert isinstance(images.encoder, ConvEncoder) and isinstance(rows.encoder, TokenEncoder)
+
+
+def test_the_conv_encoder_given_as_a_class_trains_as_auto_does(digit_images, fast):
+    X = digit_images[0][:64]
+    auto = DeepInfomaxTransformer(**fast).fit(X)
+    given = DeepInfomaxTransformer(**fast, encoder=ConvEncoder).fit(X)
+    assert np.array_equal(given.transform(X), auto.transform(X))
+
+
+def test_an_encoder_of_ones_own_trains_transforms_scores_and_pickles(digit_images, fast, tmp_path):
+    X = digit_images[0][:64]
+    dim = DeepInfomaxTransformer(**fast, encoder=TinyEncoder).fit(X)
+    codes = dim.transform(X)
+    assert codes.shape == (64, 8) and isinstance(dim.module_.encoder, TinyEncoder)
+    assert np.isfinite(dim.score(X))
+    joblib.dump(dim, tmp_path / "dim.joblib")
+    for copy in (pickle.loads(pickle.dumps(dim)), joblib.load(tmp_path / "dim.joblib")):
+        assert np.array_equal(copy.transform(X), codes)
+    skops_io = pytest.importorskip("skops.io", reason="needs the skops extra")
+    skops_io.dump(dim, tmp_path / "dim.skops")
+    trusted = skops_io.get_untrusted_types(file=tmp_path / "dim.skops")
+    assert f"{TinyEncoder.__module__}.TinyEncoder" in trusted  # the user passes it as trusted
+    from_skops = skops_io.load(tmp_path / "dim.skops", trusted=trusted)
+    assert np.array_equal(from_skops.transform(X), codes)
+    with pytest.raises(ModelFileError, match="cannot rebuild from a model file. Use joblib"):
+        save(dim, tmp_path / "dim.safetensors")
+    with pytest.raises(ValueError, match="gives features at \\['code'\\] only"):
+        dim.set_params(feature_level="fc").transform(X)
+    assert pickle.loads(pickle.dumps(dim)).feature_level == "fc"  # set after the fit: kept
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (dict(feature_level="fc"), 'feature_dims\\["fc"\\] and features'),
+        (dict(local_scales=2), "with_conv_map\\(x\\) and conv_shape"),
+        (dict(encoder=lambda **sizes: TinyEncoder(**{**sizes, "latent_dim": 3})), '"code": 8'),
+        (dict(encoder=lambda **sizes: nn.Identity()), "not a torch.nn.Module|lacks"),
+    ],
+)
+def test_an_encoder_that_breaks_the_contract_is_refused_before_training(fast, params, message):
+    dim = DeepInfomaxTransformer(**{**fast, "encoder": TinyEncoder, **params})
+    with pytest.raises(ValueError, match=message):
+        dim.fit(np.random.default_rng(0).random((16, 8, 8)))
+    assert not hasattr(dim, "module_")

@@ -1,8 +1,16 @@
 import pytest
 import torch
+from torch import nn
 
 from dimlearn.critics import GlobalDotCritic, LocalLocalCritic, PriorDiscriminator
-from dimlearn.networks import MAX_FLAT_WEIGHTS, ConvEncoder, MLPEncoder, TokenEncoder
+from dimlearn.networks import (
+    MAX_FLAT_WEIGHTS,
+    ConvEncoder,
+    MLPEncoder,
+    TokenEncoder,
+    check_encoder,
+    check_encoder_output,
+)
 
 
 @pytest.mark.parametrize(
@@ -140,3 +148,72 @@ def test_too_many_features_are_refused_naming_the_fix():
     _table_module(65_537, width=63)  # the width it names builds
     with pytest.raises(ValueError, match="Set tabular_encoder='mlp', or reduce"):
         TokenEncoder(n_features=2**22 + 1, latent_dim=2, width=1)  # no width is narrow enough
+
+
+# -- ConvEncoder's stages, and the contract of an encoder -------------------------------
+
+
+def test_conv_encoder_stages_are_cut_at_its_flatten_and_keep_the_weight_names():
+    torch.manual_seed(0)
+    enc = ConvEncoder(in_channels=3, height=32, width_px=32, latent_dim=5, width=4).eval()
+    # the names that model files (tests/fixtures/0_2_*, 0_3_*) hold
+    assert [k for k in enc.state_dict() if k.endswith("weight")] == [
+        "to_local.0.weight",
+        "to_local.2.weight",
+        "to_local.3.weight",
+        "to_fc.0.weight",
+        "to_fc.1.weight",
+        "to_fc.4.weight",
+        "to_fc.5.weight",
+        "to_code.weight",
+    ]
+    x = torch.randn(4, 3, 32, 32)
+    local_map = enc.to_local(x)
+    conv_map = enc.to_conv(local_map)
+    assert conv_map.shape == (4, *enc.conv_shape)
+    assert torch.equal(conv_map, enc.to_fc[:3](local_map))  # the last conv layer's map
+    assert torch.equal(enc.conv_to_fc(conv_map), enc.to_fc(local_map))
+    assert torch.equal(enc.features(x, "conv"), conv_map.flatten(1))
+    _, with_conv, mu, _ = enc.with_conv_map(x)
+    assert torch.equal(with_conv, conv_map) and torch.equal(mu, enc.features(x, "code"))
+
+
+class Bare(nn.Module):
+    def __init__(self, **attributes):
+        super().__init__()
+        self.__dict__.update(attributes)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "settings", "missing"),
+    [
+        (Bare(), {}, 'local_shape, the .* feature_dims, a dict with "code": 8'),
+        (Bare(local_shape=(4, 2, 2), feature_dims={"code": 3}), {}, '"code": 8 \\(latent_dim'),
+        (
+            Bare(local_shape=(4, 2, 2), feature_dims={"code": 8}),
+            dict(feature_level="fc"),
+            'feature_dims\\["fc"\\] and features\\(x, level\\) for feature_level="fc"',
+        ),
+        (
+            Bare(local_shape=(4, 2, 2), feature_dims={"code": 8}),
+            dict(local_scales=2),
+            "with_conv_map\\(x\\) and conv_shape, for local_scales=2",
+        ),
+    ],
+)
+def test_an_encoder_lacking_a_part_of_the_contract_is_named(encoder, settings, missing):
+    with pytest.raises(ValueError, match=f"lacks what training needs of it: .*{missing}"):
+        check_encoder(encoder, latent_dim=8, **settings)
+    with pytest.raises(ValueError, match="not a torch.nn.Module"):
+        check_encoder(lambda x: x, latent_dim=8)
+
+
+def test_an_encoder_output_of_the_wrong_shape_is_named():
+    enc = ConvEncoder(in_channels=1, height=8, width_px=8, latent_dim=5, width=2)
+    check_encoder_output(enc, torch.zeros(2, 1, 8, 8), latent_dim=5)
+    with pytest.raises(ValueError, match=r"must return \(local_map, mu, logvar\) of shapes"):
+        check_encoder_output(enc, torch.zeros(2, 1, 8, 8), latent_dim=6)
+    enc.local_shape = (3, 4, 4)
+    with pytest.raises(ValueError, match=r"returned \[\(2, 4, 4, 4\), \(2, 5\), \(2, 5\)\]"):
+        check_encoder_output(enc, torch.zeros(2, 1, 8, 8), latent_dim=5)
+    assert enc.training  # the probe ran in eval mode and gave the mode back

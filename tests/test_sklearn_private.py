@@ -7,8 +7,10 @@ less legible way. What dimlearn uses, and where:
 - ``sklearn.base._fit_context`` (dimlearn/estimator.py, on ``fit`` and ``partial_fit``):
   validates the parameters before the method runs, and switches off the validation of nested
   estimators' parameters while it runs;
-- ``sklearn.utils._param_validation`` (``Interval``, ``StrOptions``; ``InvalidParameterError``
-  is what is raised): the ``_parameter_constraints`` of ``DeepInfomaxTransformer``;
+- ``sklearn.utils._param_validation`` (``Interval``, ``StrOptions``, ``Options``, whose
+  subclass ``OptimizerClass`` in dimlearn/settings.py accepts ``torch.optim.Optimizer``
+  classes, and the ``callable`` constraint; ``InvalidParameterError`` is what is raised):
+  the ``_parameter_constraints`` of ``DeepInfomaxTransformer``;
 - ``BaseEstimator._validate_params`` (dimlearn/estimator.py ``__setstate__`` and
   dimlearn/persistence.py): the same validation, called on parameters read from a pickle or
   a model file;
@@ -22,9 +24,11 @@ from numbers import Integral, Real
 
 import pytest
 import sklearn
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from dimlearn import DeepInfomaxTransformer
+from dimlearn.networks import ConvEncoder
 
 
 def changed(what: str, where: str, instead: str) -> str:
@@ -105,6 +109,11 @@ def test_fit_context_validates_before_fit_and_skips_nested_validation():
         ("data_on_device", True, "yes"),  # StrOptions({"auto"}) or "boolean"
         ("random_state", 0, "seed"),  # "random_state"
         ("verbose", 1, "loud"),  # "verbose"
+        ("encoder", ConvEncoder, "conv"),  # StrOptions({"auto"}) or callable
+        ("augmentation", None, "crop"),  # callable or None
+        ("optimizer", torch.optim.NAdam, torch.nn.Linear),  # StrOptions or OptimizerClass
+        ("optimizer", "adamw", "AdamW"),
+        ("callbacks", [], "progress_bar"),  # list or None
     ],
 )
 def test_the_parameter_constraints_accept_and_refuse_as_dimlearn_expects(param, good, bad):
@@ -137,15 +146,16 @@ def test_every_constraint_of_the_estimator_is_of_a_known_kind():
     # the kinds the parametrised test above exercises: a new kind in _parameter_constraints
     # gets a case there
     interval = private(PARAM_VALIDATION, "Interval", CONSTRAINTS, CHECK_BY_HAND)
-    options = private(PARAM_VALIDATION, "StrOptions", CONSTRAINTS, CHECK_BY_HAND)
+    options = private(PARAM_VALIDATION, "Options", CONSTRAINTS, CHECK_BY_HAND)
     named = {"boolean", "random_state", "verbose"}
     for param, constraints in DeepInfomaxTransformer._parameter_constraints.items():
         for constraint in constraints:
             known = (
                 constraint is None
+                or constraint is callable
                 or constraint in named
                 or isinstance(constraint, type)
-                or isinstance(constraint, options)
+                or isinstance(constraint, options)  # StrOptions among them
                 or (isinstance(constraint, interval) and constraint.type in (Integral, Real))
             )
             assert known, f"{param}: {constraint!r}"

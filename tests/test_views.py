@@ -7,7 +7,15 @@ import torch
 
 from dimlearn import DeepInfomaxTransformer
 from dimlearn.distributed import BatchPart
-from dimlearn.views import colour_jitter, corrupt_rows, random_crop_flip, two_views
+from dimlearn.views import (
+    colour_jitter,
+    corrupt_rows,
+    default_view,
+    image_view,
+    random_crop_flip,
+    row_view,
+    two_views,
+)
 
 
 def test_random_crop_flip_shifts_and_mirrors_within_the_padding():
@@ -109,3 +117,57 @@ def test_temperature_needs_the_dot_critic(digit_images, fast):
     X, _ = digit_images
     with pytest.raises(ValueError, match="critic='dot'"):
         DeepInfomaxTransformer(**fast, temperature=0.1, critic="concat").fit(X[:20])
+
+
+# -- the augmentation parameter ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "view"),
+    [
+        (dict(), image_view),  # two views of images
+        (dict(views=1, augment=True), random_crop_flip),
+        (dict(image_shape=None), row_view),  # two views of table rows
+    ],
+)
+def test_dimlearns_own_augmentation_given_trains_as_none_does(digit_images, fast, params, view):
+    X = digit_images[0][:48]
+    if "image_shape" in params:
+        X, params = X.reshape(48, -1), dict(views=2)
+    default = DeepInfomaxTransformer(**fast, **params).fit(X)
+    given = DeepInfomaxTransformer(**fast, **params, augmentation=view).fit(X)
+    assert default_view(default.layout_.kind, default.views_) is view
+    assert np.array_equal(given.transform(X), default.transform(X))
+
+
+def test_an_augmentation_of_ones_own_draws_each_training_view(digit_images, fast):
+    calls = []
+
+    def shifted(batch, generator, part, flip):
+        calls.append((tuple(batch.shape), type(generator), part, flip))
+        return batch + torch.rand(batch.shape, generator=generator)
+
+    X = digit_images[0][:48]
+    params = dict(fast, batch_size=16, early_stopping=True, validation_fraction=0.25)
+    dim = DeepInfomaxTransformer(**params, augmentation=shifted).fit(X)
+    # 36 training rows: 3 batches of 12 per epoch, 2 views each; the held-out batch is not
+    # augmented; grey images are not mirrored (flip="auto")
+    assert calls == [((12, 1, 8, 8), torch.Generator, None, False)] * 12
+    plain = DeepInfomaxTransformer(**params).fit(X)
+    assert not np.array_equal(dim.transform(X), plain.transform(X))
+
+
+def test_an_augmentation_where_nothing_is_augmented_is_refused_before_training(fast):
+    dim = DeepInfomaxTransformer(**fast, views=1, augmentation=random_crop_flip)
+    with pytest.raises(ValueError, match="one view without augment, which augments nothing"):
+        dim.fit(np.random.default_rng(0).random((16, 8, 8)))
+    assert not hasattr(dim, "module_")
+
+
+def test_an_augmentation_that_changes_the_shape_is_named(fast):
+    def cropped(batch, generator, part, flip):
+        return batch[..., 1:, 1:]
+
+    dim = DeepInfomaxTransformer(**fast, augmentation=cropped)
+    with pytest.raises(ValueError, match=r"returned \(16, 1, 7, 7\) for a batch of shape"):
+        dim.fit(np.random.default_rng(0).random((16, 8, 8)))
