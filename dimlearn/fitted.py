@@ -311,9 +311,12 @@ def _tensor(value, name: str) -> torch.Tensor:
     return torch.from_numpy(value if value.flags.c_contiguous else value.copy())
 
 
-ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+ADAM_STATE = ("exp_avg", "exp_avg_sq", "step", "max_exp_avg_sq")
 """What ``torch.optim.Adam`` keeps for each weight: two moments of the weight's shape and
-dtype, and the step count as a float32 scalar."""
+dtype, the step count as a float32 scalar, and with ``amsgrad`` the largest second moment."""
+
+OPTIONAL_STATE = ("max_exp_avg_sq", "momentum_buffer")
+"""State that an optimiser keeps only with an option (``amsgrad``, SGD's ``momentum``)."""
 
 OPTIMIZER_STATE = {"adam": ADAM_STATE, "adamw": ADAM_STATE, "sgd": ("momentum_buffer",)}
 """What each built-in optimiser keeps for a weight (SGD keeps its momentum buffer only with
@@ -338,7 +341,7 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=(), optimizer="adam") 
             raise TypeError(f"optimiser state of {name} is a {type(moments).__name__}")
         if keys is not None:
             unknown = sorted(str(key) for key in moments if key not in keys)
-            missing = [key for key in keys if key not in moments and key != "momentum_buffer"]
+            missing = [key for key in keys if key not in moments and key not in OPTIONAL_STATE]
             if unknown or missing:
                 kind = "Adam" if keys is ADAM_STATE else optimizer
                 wrong = [f"optimizer.{name}.{key} is not part of {kind}'s state" for key in unknown]

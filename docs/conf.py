@@ -68,7 +68,8 @@ nitpick_ignore_regex = [
     (
         r"py:.*",
         r"(dimlearn\.)?(estimator|training|net|callbacks|infomax|networks|critics|objectives|config"
-        r"|fitted|inputs|inference|distributed|devices|persistence|images|views|browse)(\..*)?",
+        r"|fitted|inputs|inference|distributed|devices|persistence|images|views|browse|settings"
+        r"|upgrades|model_file|optimizer_state)(\..*)?",
     ),
 ]
 

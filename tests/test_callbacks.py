@@ -366,7 +366,7 @@ def test_early_stopping_holds_out_rows_it_does_not_train_on(digit_images, fast):
 def test_early_stopping_with_too_few_rows_is_refused(monkeypatch, fast):
     import dimlearn.training as training_module
 
-    monkeypatch.setattr(training_module, "train_networks", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(training_module, "train_net", lambda *a, **k: 1 / 0)
     with pytest.raises(ValueError, match="validation_fraction=0.1 splits 10 samples"):
         X = np.random.default_rng(0).random((10, 8, 8))
         DeepInfomaxTransformer(**fast, early_stopping=True).fit(X)
