@@ -61,6 +61,7 @@ class Setting:
     doc: str
     help: str
     cli: bool | str | PythonOnly
+    since: tuple | None = None
 
     @property
     def python_only(self) -> bool:
@@ -84,19 +85,23 @@ def _shown(value) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
-def setting(default, constraints, *, kind: str, doc: str, help: str, cli=True):
+def setting(default, constraints, *, kind: str, doc: str, help: str, cli=True, since=None):
     """A field of a settings group: the parameter's default, its scikit-learn constraints
     (as ``_parameter_constraints`` takes them), ``kind`` (the type written in its docs),
     ``doc`` (its description in the estimator's docstring, numpydoc), ``help`` (one line,
     for ``dimlearn fit --help`` and the documentation's table) and ``cli``: True for a flag
     of ``dimlearn fit`` named after it, a string for a flag of another name, or
-    :class:`PythonOnly` with the reason the command line has none."""
+    :class:`PythonOnly` with the reason the command line has none. ``since``: the first
+    dimlearn version whose model files and pickles always hold the parameter (None: 0.2's
+    did); older ones are read with its default, or with what :mod:`dimlearn.upgrades` says
+    that version did instead."""
     record = {
         "constraints": tuple(constraints),
         "kind": kind,
         "doc": textwrap.dedent(doc).strip("\n"),
         "help": help,
         "cli": cli,
+        "since": since,
     }
     return field(default=default, metadata={"setting": record})
 
@@ -220,6 +225,7 @@ class Objective:
         autoencoder). Needs one view (``views=1`` or ``"auto"``).
         """,
         help="weight of masked-feature reconstruction (table rows)",
+        since=(0, 4),
     )
     prior: object = setting(
         "kl_mean",
@@ -270,6 +276,7 @@ class Objective:
         ``1 / temperature``; None scores by the raw dot product.
         """,
         help="dot critics: score cosines over this temperature; none: raw dot products",
+        since=(0, 3),
     )
     mi_estimator: object = setting(
         "infonce",
@@ -326,6 +333,7 @@ class Architecture:
         for ``local_scales=2``).
         """,
         help="units of the critics' hidden layers; none: 8 x width",
+        since=(0, 4),
     )
     local_scales: object = setting(
         1,
@@ -342,6 +350,7 @@ class Architecture:
         on photos).
         """,
         help="local maps the code is contrasted with: 1 or 2 (images)",
+        since=(0, 4),
     )
     tabular_encoder: object = setting(
         "tokens",
@@ -364,6 +373,7 @@ class Architecture:
         ``"mlp"`` or reduce the features. Narrower tables keep the networks they had.
         """,
         help="encoder of table rows: a token per feature, or an MLP",
+        since=(0, 3),
     )
 
     encoder: object = setting(
@@ -392,6 +402,7 @@ class Architecture:
         """,
         help='the encoder: dimlearn\'s ("auto"), or a module class or factory of your own',
         cli=PythonOnly("an encoder of your own is Python code"),
+        since=(0, 4),
     )
 
     @property
@@ -433,6 +444,7 @@ class Views:
         costs two encoder passes.
         """,
         help="views of each image per step: auto (2 for images), 1 or 2",
+        since=(0, 3),
     )
     flip: object = setting(
         "auto",
@@ -446,6 +458,7 @@ class Views:
         the documentation's Results). True on table rows is refused.
         """,
         help="mirror augmented images at random: auto (colour images yes, grey no), true or false",
+        since=(0, 4),
     )
     augmentation: object = setting(
         None,
@@ -471,6 +484,7 @@ class Views:
         """,
         help="the augmentation, a function of a batch returning a view",
         cli=PythonOnly("an augmentation of your own is Python code"),
+        since=(0, 4),
     )
 
 
@@ -533,6 +547,7 @@ class Optimisation:
         """,
         help="the optimiser",
         cli=PythonOnly("the command trains with Adam"),
+        since=(0, 4),
     )
     lr: object = setting(
         0.001,
@@ -747,6 +762,7 @@ class Runtime:
         """,
         help="skorch callbacks run beside dimlearn's own",
         cli=PythonOnly("callbacks are Python objects"),
+        since=(0, 4),
     )
 
 

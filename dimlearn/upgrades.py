@@ -1,13 +1,14 @@
 """What older dimlearn versions wrote, read as this one: every upgrade of a model file or a
 pickle, in one place, keyed by the version that wrote it.
 
-- **0.2** (model format 1, pickles without ``_pickle_format``): no ``views``,
-  ``temperature``, ``tabular_encoder`` and the parameters after them; networks with a bias
+- **0.2** (model format 1, pickles without ``_pickle_format``): none of the parameters
+  whose setting says ``since=(0, 3)`` or later; networks with a bias
   before every BatchNorm layer (folded into the running mean on reading); pickles that hold
   the torch modules themselves, whose critics' classes they name in ``dimlearn.networks``.
 - **0.3.0** (model format 2, pickle format 2 without ``_dimlearn_version``): some of its
-  files lack ``flip``, ``reconstruction``, ``local_scales`` and ``critic_width``, and the
-  fitted ``precision_``, ``views_``, ``flip_`` and ``device_``.
+  files lack the parameters whose setting says ``since=(0, 4)`` (``flip``,
+  ``reconstruction``, ``local_scales``, ``critic_width`` were added while it was 0.3.0),
+  and the fitted ``precision_``, ``views_``, ``flip_`` and ``device_``.
 - **0.4** and later write every parameter and every fitted field: nothing is filled in, and a
   missing or unknown one is refused.
 """
@@ -19,27 +20,13 @@ import re
 from . import critics, networks
 from ._warn import warn
 from .infomax import module_from_state
-from .settings import is_routed
+from .settings import SETTINGS, is_routed
 
-READ_WITH = {
-    (0, 2): {"views": 1, "temperature": None, "tabular_encoder": "mlp"},
-    (0, 3, 0): {
-        "flip": "auto",
-        "reconstruction": 0.0,
-        "local_scales": 1,
-        "critic_width": None,
-        "encoder": "auto",
-        "augmentation": None,
-        "optimizer": "adam",
-        "callbacks": None,
-    },
-}
-"""Parameters that the files and pickles of a version (and of every older one) may lack,
-with the values that behave as that version did (not today's defaults): 0.2 trained one
-view, raw dot products and the MLP encoder of table rows; 0.3.0 mirrored every augmented
-image and no table row (``flip="auto"`` with the ``flip_`` such a model is read with),
-had no reconstruction term, one local map, critics of ``8 * width`` units, its own
-networks, augmentation and callbacks only, and Adam."""
+READ_AS = {"views": 1, "tabular_encoder": "mlp"}
+"""Where an older version behaved otherwise than today's default, the value a parameter
+that its files and pickles lack is read with (the others are read with their defaults,
+which do what those versions did; each setting's ``since`` says which versions lack it):
+0.2 trained one view and the MLP encoder of table rows."""
 
 CURRENT = (0, 4)
 """Files and pickles written by this version or a later one lack nothing."""
@@ -81,14 +68,22 @@ def version_of(text) -> tuple[int, ...]:
 
 
 def parameters(params: dict, written_by: tuple[int, ...], names) -> dict:
-    """The parameters of a file or pickle written by ``written_by``, those it may lack (by
-    :data:`READ_WITH`) filled in; ``ValueError`` naming any other that is missing, and any
-    that ``names`` (the estimator's parameters) does not know (keywords routed to the
-    optimiser, ``optimizer__*``, are known)."""
-    filled = {}
-    for version, values in READ_WITH.items():
-        if written_by < CURRENT and written_by[: len(version)] <= version:
-            filled.update(values)
+    """The parameters of a file or pickle written by ``written_by``, those that version's
+    files may lack (each setting's ``since``) filled in with :data:`READ_AS` or their
+    defaults; ``ValueError`` naming any other that is missing, and any that ``names`` (the
+    estimator's parameters) does not know (keywords routed to the optimiser,
+    ``optimizer__*``, are known).
+
+    Examples
+    --------
+    >>> sorted(parameters({}, (0, 2), ["views", "flip"]).items())
+    [('flip', 'auto'), ('views', 1)]
+    """
+    filled = {
+        name: READ_AS.get(name, setting.default)
+        for name, setting in SETTINGS.items()
+        if setting.since is not None and written_by < setting.since and name in names
+    }
     filled.update(params)
     unknown = sorted(name for name in set(filled) - set(names) if not is_routed(name))
     missing = sorted(set(names) - set(filled))

@@ -27,14 +27,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from dimlearn import DeepInfomaxTransformer, ModelFileError, load
 from dimlearn.networks import batch_norm_pairs
-from dimlearn.upgrades import READ_WITH
+from dimlearn.settings import SETTINGS
+from dimlearn.upgrades import READ_AS
 from tests.conftest import SUM_ROUNDING, UNIT_ROUNDOFF
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # every 0.2 model file loads with the warning that its description is not checksummed; the
 # test of that warning is test_a_0_2_model_file_warns_that_its_description_is_unprotected
 pytestmark = pytest.mark.filterwarnings("ignore:.*format 1.*checksum covers the weights only")
-ADDED_SINCE_0_2 = {key: value for values in READ_WITH.values() for key, value in values.items()}
+ADDED_SINCE_0_2 = {
+    name: READ_AS.get(name, setting.default)
+    for name, setting in SETTINGS.items()
+    if setting.since is not None
+}
 MODEL_FILES = {  # file -> the model of 0_2_expected.json it holds
     "0_2_image.safetensors": "image",
     "0_2_image_training_state.safetensors": "image",

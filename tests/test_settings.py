@@ -237,3 +237,14 @@ def test_grid_search_and_clone_see_the_flat_parameters():
     assert clone(dim).get_params() == dim.get_params()
     search = GridSearchCV(dim, {"alpha": [0.0, 0.5], "gamma": [0.0, 0.1]}, cv=2).fit(X)
     assert search.best_params_.keys() == {"alpha", "gamma"}
+
+
+def test_the_settings_0_2_lacked_say_since_when():
+    """A model file of 0.2 holds exactly the parameters without a ``since``: every later
+    one says from which version on files hold it, which is how older files are read."""
+    import json
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "0_2_expected.json"
+    of_0_2 = set(json.loads(fixture.read_text())["image"]["params"])
+    assert {name for name, s in SETTINGS.items() if s.since is None} == of_0_2
