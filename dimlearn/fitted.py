@@ -219,7 +219,10 @@ class FittedState:
         )
         if "optimizer" in plain:
             optimizer = plain.get("optimizer_name", "adam")  # the class the state is of
-            state.optimizer_state = _optimizer_state(module, plain["optimizer"], folded, optimizer)
+            amsgrad = bool(config.optimizer_options.get("amsgrad", False))
+            state.optimizer_state = _optimizer_state(
+                module, plain["optimizer"], folded, optimizer, amsgrad
+            )
             state.random_state = rng_from_plain(plain["random_state"])
             state.optimizer_name = plain.get("optimizer_name", "adam")  # older: Adam's only
             if not isinstance(state.optimizer_name, str) or len(state.optimizer_name) > 500:
@@ -311,19 +314,23 @@ def _tensor(value, name: str) -> torch.Tensor:
     return torch.from_numpy(value if value.flags.c_contiguous else value.copy())
 
 
-ADAM_STATE = ("exp_avg", "exp_avg_sq", "step", "max_exp_avg_sq")
+ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
 """What ``torch.optim.Adam`` keeps for each weight: two moments of the weight's shape and
-dtype, the step count as a float32 scalar, and with ``amsgrad`` the largest second moment."""
+dtype, and the step count as a float32 scalar (with ``amsgrad``, :data:`AMSGRAD_STATE`)."""
 
-OPTIONAL_STATE = ("max_exp_avg_sq", "momentum_buffer")
-"""State that an optimiser keeps only with an option (``amsgrad``, SGD's ``momentum``)."""
+AMSGRAD_STATE = (*ADAM_STATE, "max_exp_avg_sq")
+"""Adam's state with ``optimizer__amsgrad=True``: the largest second moment too."""
 
 OPTIMIZER_STATE = {"adam": ADAM_STATE, "adamw": ADAM_STATE, "sgd": ("momentum_buffer",)}
+OPTIONAL_STATE = ("momentum_buffer",)
+"""State that an optimiser keeps only with an option (SGD's ``momentum``)."""
 """What each built-in optimiser keeps for a weight (SGD keeps its momentum buffer only with
 momentum)."""
 
 
-def _optimizer_state(module: nn.Module, raw: dict, folded=(), optimizer="adam") -> dict:
+def _optimizer_state(
+    module: nn.Module, raw: dict, folded=(), optimizer="adam", amsgrad=False
+) -> dict:
     """The optimiser's state by weight name, every tensor checked against what the
     optimiser keeps for its weight, so that a continued fit never meets a state it cannot
     use: for the built-in optimisers (:data:`OPTIMIZER_STATE`) exactly their keys, their
@@ -331,6 +338,8 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=(), optimizer="adam") 
     class of the user's (pickles only), tensors of the weight's shape and dtype or scalars."""
     params = dict(module.named_parameters())
     keys = OPTIMIZER_STATE.get(optimizer) if isinstance(optimizer, str) else None
+    if keys is ADAM_STATE and amsgrad:
+        keys = AMSGRAD_STATE
     state: dict = {}
     for name, moments in raw.items():
         if name in folded:  # the optimiser state of a weight that no longer exists
@@ -343,7 +352,7 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=(), optimizer="adam") 
             unknown = sorted(str(key) for key in moments if key not in keys)
             missing = [key for key in keys if key not in moments and key not in OPTIONAL_STATE]
             if unknown or missing:
-                kind = "Adam" if keys is ADAM_STATE else optimizer
+                kind = "Adam" if keys in (ADAM_STATE, AMSGRAD_STATE) else optimizer
                 wrong = [f"optimizer.{name}.{key} is not part of {kind}'s state" for key in unknown]
                 wrong += [f"optimizer.{name}.{key} is missing" for key in missing]
                 raise ValueError(f"optimiser state: {'; '.join(wrong)}")
@@ -358,10 +367,10 @@ def _optimizer_state(module: nn.Module, raw: dict, folded=(), optimizer="adam") 
             else:
                 shape, dtype = param.shape, param.dtype
             if value.shape != shape or value.dtype != dtype:
+                keeper = "Adam" if keys in (ADAM_STATE, AMSGRAD_STATE) else "the optimiser"
                 raise ValueError(
                     f"optimiser state optimizer.{name}.{key} is {tuple(value.shape)} "
-                    f"{str(value.dtype).removeprefix('torch.')}; "
-                    f"{'Adam' if keys is ADAM_STATE else 'the optimiser'} keeps it as "
+                    f"{str(value.dtype).removeprefix('torch.')}; {keeper} keeps it as "
                     f"{tuple(shape)} {str(dtype).removeprefix('torch.')}"
                 )
             state.setdefault(name, {})[key] = value

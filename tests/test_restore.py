@@ -99,3 +99,13 @@ def test_pickles_say_which_dimlearn_wrote_them(model):
     assert state["_dimlearn_version"] == dimlearn.__version__
     again = pickle.loads(pickle.dumps(model[0]))
     np.testing.assert_array_equal(again.transform(model[1]), model[0].transform(model[1]))
+
+
+def test_adams_amsgrad_moment_is_read_back_only_with_amsgrad(tmp_path):
+    X = np.random.default_rng(1).random((24, 8, 8))
+    params = dict(width=2, latent_dim=2, max_epochs=1, random_state=0, precision="float32")
+    dim = DeepInfomaxTransformer(**params, optimizer__amsgrad=True).fit(X)
+    path = save(dim, tmp_path / "m.safetensors", include_training_state=True)
+    loaded = load(path)
+    assert any("max_exp_avg_sq" in moments for moments in loaded._optimizer_state.values())
+    loaded.set_params(warm_start=True).fit(X)  # continues with its own moments
