@@ -1,6 +1,11 @@
 """Where a training step's time goes: milliseconds per step of the default networks on
-32x32x3 images at batch 128, per precision, memory format and number of views, and the
-share of the step's CPU time each kind of operator takes (``torch.profiler``).
+32x32x3 images at batch 128, per precision, memory format and number of views, the share of
+the step's CPU time each kind of operator takes (``torch.profiler``), and how close the step
+comes to the machine's roof: the step's floating-point operations
+(``torch.utils.flop_counter``: convolutions and matrix products, forward and backward), the
+GFLOP/s it achieves, and the GFLOP/s of a large matrix product of the same dtype measured in
+the same run (float32 and bfloat16: on a CPU without AVX512-BF16 or AMX, bfloat16 is
+emulated and its roof is low).
 
     python -m benchmarks.step_profile                 # about a minute on 2 cores
     python -m benchmarks.step_profile --steps 2 --width 8 --batch-size 16   # a smoke run
@@ -39,6 +44,9 @@ from .common import (
 from .speed import synthetic_images
 
 WARM_UP = 5
+ROOF_SIZE = 1024
+"""Side of the square matrices whose product measures the roof (large enough that the
+product runs at the machine's peak: about 2 GFLOP per product)."""
 SETTINGS = [
     ("float32, one view", dict(precision="float32", views=1)),
     ("float32, one view, channels-last", dict(precision="float32", views=1, channels_last=True)),
@@ -46,6 +54,8 @@ SETTINGS = [
     ("float32, two views", dict(precision="float32", views=2)),
     ("bfloat16, two views", dict(precision="bfloat16", views=2)),
 ]
+
+ROOF_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 KINDS = (  # the first pattern an operator's name contains decides its kind
     ("convolution", ("conv",)),
@@ -61,6 +71,31 @@ def kind_of(name: str) -> str:
         if any(pattern in lowered for pattern in patterns):
             return kind
     return "other"
+
+
+def roof(dtype: torch.dtype, size: int = ROOF_SIZE, repeats: int = 5) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matrix product in ``dtype`` on this CPU (median of
+    ``repeats`` after one warm-up product)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def step_flops(step) -> int:
+    """Floating-point operations of one call of ``step`` (what torch's flop counter counts:
+    convolutions and matrix products, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
 
 
 def one_setting(X, *, width, params, steps, seed=0) -> dict:
@@ -94,6 +129,7 @@ def one_setting(X, *, width, params, steps, seed=0) -> dict:
 
     for _ in range(WARM_UP):  # oneDNN creates its kernels and buffers in the first calls
         step()
+    flops = step_flops(step)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -110,6 +146,9 @@ def one_setting(X, *, width, params, steps, seed=0) -> dict:
     return {
         "ms_per_step": ms,
         "images_per_s": len(X) / (ms / 1000),
+        "gflop_per_step": flops / 1e9,
+        "gflops_per_s": flops / 1e9 / (ms / 1000),
+        "dtype": "bfloat16" if dtype is not None else "float32",
         **{f"share_{kind}": value / total for kind, value in shares.items()},
     }
 
@@ -119,16 +158,26 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per setting")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--roof-size", type=int, default=ROOF_SIZE, help="side of the roof's matrix product"
+    )
     parser.add_argument("--name", default="step_profile")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     X = synthetic_images(args.batch_size)
     one_setting(X, width=args.width, params=dict(SETTINGS[0][1]), steps=1)  # unrecorded
+    roofs = {name: roof(dtype, args.roof_size) for name, dtype in ROOF_DTYPES.items()}
+    print(", ".join(f"roof {k}: {v:.0f} GFLOP/s" for k, v in roofs.items()), flush=True)
     rows = []
     for label, params in SETTINGS:
         row = one_setting(X, width=args.width, params=dict(params), steps=args.steps)
+        row["roof_fraction"] = row["gflops_per_s"] / roofs[row["dtype"]]
         rows.append({"setting": label, **row})
-        print(f"  {label}: {row['ms_per_step']:.0f} ms per step", flush=True)
+        print(
+            f"  {label}: {row['ms_per_step']:.0f} ms per step, {row['gflops_per_s']:.0f} "
+            f"GFLOP/s ({row['roof_fraction']:.0%} of the {row['dtype']} roof)",
+            flush=True,
+        )
     info = machine_info()
     native = native_bfloat16(torch.device("cpu"))
     command = command_line("benchmarks.step_profile", argv)
@@ -136,6 +185,9 @@ def main(argv=None) -> int:
         ("setting", "setting"),
         ("ms_per_step", "ms per step", ".0f"),
         ("images_per_s", "images/s", ".0f"),
+        ("gflop_per_step", "GFLOP per step", ".1f"),
+        ("gflops_per_s", "GFLOP/s", ".0f"),
+        ("roof_fraction", "of the roof", "pct"),
     ]
     columns += [(f"share_{kind}", f"{kind} %", "pct") for kind, _ in KINDS]
     columns.append(("share_other", "other %", "pct"))
@@ -144,11 +196,17 @@ def main(argv=None) -> int:
         f"on {args.batch_size} images of 32x32x3, median of {args.steps} steps after "
         f"{WARM_UP} warm-up steps (and one unrecorded setting first, for the process's own "
         "warm-up); the shares are of the step's CPU time in 2 profiled steps, by "
-        f"operator kind. This CPU computes bfloat16 natively: {native}. "
+        f"operator kind. This CPU computes bfloat16 natively: {native}. The roof, a "
+        f"{args.roof_size} x {args.roof_size} matrix product in the same run: "
+        + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in roofs.items())
+        + "; each row's fraction is of its own dtype's roof. "
         f"Machine: {machine_line(info)}.\nCommand: `{command}`\n\n" + markdown_table(rows, columns)
     )
     write_results(
-        args.name, {"machine": info, "native_bfloat16": native, "rows": rows}, markdown, args.out
+        args.name,
+        {"machine": info, "native_bfloat16": native, "roof_gflops": roofs, "rows": rows},
+        markdown,
+        args.out,
     )
     print(markdown)
     return 0

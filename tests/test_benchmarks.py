@@ -342,8 +342,14 @@ def test_step_profile_times_each_setting_and_splits_the_cpu_time(tmp_path):
     from benchmarks import step_profile
 
     args = ["--steps", "1", "--width", "2", "--batch-size", "8", "--out", str(tmp_path)]
-    assert step_profile.main(args) == 0
-    rows = json.loads((tmp_path / "step_profile.json").read_text())["rows"]
+    assert step_profile.main([*args, "--roof-size", "64"]) == 0
+    payload = json.loads((tmp_path / "step_profile.json").read_text())
+    rows = payload["rows"]
+    assert set(payload["roof_gflops"]) == {"float32", "bfloat16"}
+    for row in rows:
+        assert row["gflop_per_step"] > 0
+        roof = payload["roof_gflops"][row["dtype"]]
+        assert row["roof_fraction"] == pytest.approx(row["gflops_per_s"] / roof)
     assert [row["setting"] for row in rows] == [label for label, _ in step_profile.SETTINGS]
     for row in rows:
         shares = [value for key, value in row.items() if key.startswith("share_")]
