@@ -98,6 +98,32 @@ def step_flops(step) -> int:
     return int(counter.get_total_flops())
 
 
+PARTS = ("encoder", "local_critic", "global_critic")
+"""The parts of the module whose share of the forward pass's FLOPs each row records."""
+
+
+def forward_flop_shares(module, loss_fn, x) -> dict:
+    """Each part's share of the forward pass's FLOPs (without gradients: the backward pass
+    is attributed to modules less cleanly), by :data:`PARTS`, the rest under ``"pairs"``
+    (the scores of every code against every image and position)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False, depth=3) as counter:
+        loss_fn(module(x, loss_fn.active_terms))
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    total = counts.get("Global", 0) or 1
+
+    def of(part: str) -> int:  # a critic is called through its layers, not its forward
+        whole = f"DeepInfomaxModule.{part}"
+        if whole in counts:
+            return counts[whole]
+        return sum(n for name, n in counts.items() if name.rsplit(".", 1)[0] == whole)
+
+    shares = {part: of(part) / total for part in PARTS}
+    shares["pairs"] = 1 - sum(shares.values())
+    return {f"flops_{name}": share for name, share in shares.items()}
+
+
 def one_setting(X, *, width, params, steps, seed=0) -> dict:
     channels_last = params.pop("channels_last", False)
     spec = DeepInfomaxTransformer(width=width, **params)
@@ -130,6 +156,9 @@ def one_setting(X, *, width, params, steps, seed=0) -> dict:
     for _ in range(WARM_UP):  # oneDNN creates its kernels and buffers in the first calls
         step()
     flops = step_flops(step)
+    x = two_views(batch, "image", generator) if config.views.views == 2 else batch
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        parts = forward_flop_shares(module, loss_fn, x)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -149,6 +178,7 @@ def one_setting(X, *, width, params, steps, seed=0) -> dict:
         "gflop_per_step": flops / 1e9,
         "gflops_per_s": flops / 1e9 / (ms / 1000),
         "dtype": "bfloat16" if dtype is not None else "float32",
+        **parts,
         **{f"share_{kind}": value / total for kind, value in shares.items()},
     }
 
@@ -161,6 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--roof-size", type=int, default=ROOF_SIZE, help="side of the roof's matrix product"
     )
+    parser.add_argument("--only", nargs="+", metavar="SETTING", help="these settings only")
     parser.add_argument("--name", default="step_profile")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -170,6 +201,8 @@ def main(argv=None) -> int:
     print(", ".join(f"roof {k}: {v:.0f} GFLOP/s" for k, v in roofs.items()), flush=True)
     rows = []
     for label, params in SETTINGS:
+        if args.only and label not in args.only:
+            continue
         row = one_setting(X, width=args.width, params=dict(params), steps=args.steps)
         row["roof_fraction"] = row["gflops_per_s"] / roofs[row["dtype"]]
         rows.append({"setting": label, **row})
@@ -189,6 +222,7 @@ def main(argv=None) -> int:
         ("gflops_per_s", "GFLOP/s", ".0f"),
         ("roof_fraction", "of the roof", "pct"),
     ]
+    columns += [(f"flops_{part}", f"{part} FLOPs %", "pct") for part in (*PARTS, "pairs")]
     columns += [(f"share_{kind}", f"{kind} %", "pct") for kind, _ in KINDS]
     columns.append(("share_other", "other %", "pct"))
     markdown = (
@@ -199,7 +233,9 @@ def main(argv=None) -> int:
         f"operator kind. This CPU computes bfloat16 natively: {native}. The roof, a "
         f"{args.roof_size} x {args.roof_size} matrix product in the same run: "
         + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in roofs.items())
-        + "; each row's fraction is of its own dtype's roof. "
+        + "; each row's fraction is of its own dtype's roof. The FLOPs columns are each "
+        "part's share of the forward pass's operations (pairs: the scores of every code "
+        "against every image and position). "
         f"Machine: {machine_line(info)}.\nCommand: `{command}`\n\n" + markdown_table(rows, columns)
     )
     write_results(

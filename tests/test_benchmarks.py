@@ -350,6 +350,9 @@ def test_step_profile_times_each_setting_and_splits_the_cpu_time(tmp_path):
         assert row["gflop_per_step"] > 0
         roof = payload["roof_gflops"][row["dtype"]]
         assert row["roof_fraction"] == pytest.approx(row["gflops_per_s"] / roof)
+        assert 0 < row["flops_encoder"] < 1 and 0 < row["flops_local_critic"] < 1
+        shares = [row[f"flops_{p}"] for p in (*step_profile.PARTS, "pairs")]
+        assert sum(shares) == pytest.approx(1.0)
     assert [row["setting"] for row in rows] == [label for label, _ in step_profile.SETTINGS]
     for row in rows:
         shares = [value for key, value in row.items() if key.startswith("share_")]
