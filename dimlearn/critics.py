@@ -15,7 +15,6 @@ import contextlib
 import torch
 from torch import nn
 
-from . import networks
 from .networks import MAX_FLAT_WEIGHTS, flat_channels
 
 
@@ -318,23 +317,3 @@ CRITICS = {
     "concat": (GlobalCritic, LocalCritic),
     "dot": (GlobalDotCritic, LocalDotCritic),
 }
-
-
-LEGACY_NAMES = (
-    "GlobalCritic",
-    "LocalCritic",
-    "GlobalDotCritic",
-    "LocalDotCritic",
-    "LocalLocalCritic",
-    "PriorDiscriminator",
-    "split_pairs",
-    "WholeBatch",
-    "CRITICS",
-)
-"""What lived in :mod:`dimlearn.networks` before this module: pickles of dimlearn 0.2, which
-hold the networks themselves, name the critics' classes there, so they are put back there
-too (importing ``dimlearn`` imports this module)."""
-
-for _name in LEGACY_NAMES:
-    setattr(networks, _name, globals()[_name])
-del _name

@@ -335,7 +335,8 @@ def _optimizer_state(
     optimiser keeps for its weight, so that a continued fit never meets a state it cannot
     use: for the built-in optimisers (:data:`OPTIMIZER_STATE`) exactly their keys, their
     moments of the weight's shape and dtype and a float32 scalar ``step``; for an optimiser
-    class of the user's (pickles only), tensors of the weight's shape and dtype or scalars."""
+    class of the user's (pickles only), tensors of the weight's shape and dtype or float32
+    scalars."""
     params = dict(module.named_parameters())
     keys = OPTIMIZER_STATE.get(optimizer) if isinstance(optimizer, str) else None
     if keys is ADAM_STATE and amsgrad:
@@ -359,13 +360,8 @@ def _optimizer_state(
         for key, value in moments.items():
             value = _tensor(value, f"optimizer.{name}.{key}")
             param = params[name]
-            if key == "step" or (keys is None and value.ndim == 0):
-                shape = ()
-                dtype = torch.float32 if key == "step" or keys is not None else value.dtype
-                if not value.is_floating_point():
-                    dtype = torch.float32
-            else:
-                shape, dtype = param.shape, param.dtype
+            scalar = key == "step" or (keys is None and value.ndim == 0)  # NAdam's mu_product
+            shape, dtype = ((), torch.float32) if scalar else (param.shape, param.dtype)
             if value.shape != shape or value.dtype != dtype:
                 keeper = "Adam" if keys in (ADAM_STATE, AMSGRAD_STATE) else "the optimiser"
                 raise ValueError(

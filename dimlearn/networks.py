@@ -473,5 +473,5 @@ def check_encoder_output(encoder: nn.Module, sample: torch.Tensor, latent_dim: i
 
 
 # Pickles of dimlearn 0.2 hold the networks themselves and name the critics' classes in this
-# module, where they lived until dimlearn.critics had them: dimlearn.critics puts those names
-# back here (LEGACY_NAMES there), so such a pickle still finds them.
+# module, where they lived until dimlearn.critics had them: dimlearn.upgrades puts those names
+# back here (LEGACY_NETWORK_NAMES), so such a pickle still finds them.
