@@ -4,10 +4,11 @@
 stored the inputs, the codes of that version's ``transform`` and the machine in
 ``0_3_expected.json``. Nothing here writes a 0.3 file.
 
-Tolerance: on a machine whose torch reports the same version and CPU capability as the one
-that wrote the fixtures, the same float32 operations run in the same order (one thread), so
-the codes must be equal bit for bit. Elsewhere another vector width may add the same numbers
-in another order, which moves a code by at most ``SUM_ROUNDING`` of the codes' size.
+Tolerance: another processor (vector width, cache sizes that decide oneDNN's blocking) may add
+the same float32 numbers in another order, which moves a code by at most ``SUM_ROUNDING`` of
+the codes' size (tests/conftest.py), so that is what this test allows on any machine. That
+nothing moved bit for bit is checked on one machine against a checkout of bd60208 with
+``benchmarks/codes_of.py`` (its docstring says how).
 """
 
 import json
@@ -44,15 +45,7 @@ def inputs(expected, kind):
 
 def assert_same_codes(codes, expected, kind):
     wanted = np.asarray(expected[kind]["codes"], dtype=np.float32)
-    writer = expected["written_by"]
-    same_machine = (
-        writer["torch"] == torch.__version__
-        and writer["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    )
-    if same_machine:
-        np.testing.assert_array_equal(codes, wanted)
-    else:
-        np.testing.assert_allclose(codes, wanted, rtol=0, atol=SUM_ROUNDING * np.abs(wanted).max())
+    np.testing.assert_allclose(codes, wanted, rtol=0, atol=SUM_ROUNDING * np.abs(wanted).max())
 
 
 @pytest.mark.parametrize(
