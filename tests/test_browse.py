@@ -361,8 +361,16 @@ def test_a_lasso_selection_exports_the_names_inside_it(opened, expected, tmp_pat
     angles = np.linspace(0, 2 * np.pi, 9)[:-1]
     radius = np.array([1.0, 0.55, 1.0, 0.8, 1.0, 0.6, 0.9, 0.7])  # not convex
     outline = np.column_stack([np.cos(angles), np.sin(angles)]) * spread * radius[:, None]
-    for shift in range(0, 40, 3):  # the first outline with no point on its line: no ambiguity
-        polygon = np.rint(centre + shift + outline)
+    # the first outline with no point within 1 px of its line (no ambiguity about which side
+    # a point is on), moved and scaled a little around the centre until one is found: how
+    # densely the points lie depends on the browser's layout, so a few tries are not enough
+    candidates = (
+        np.rint(centre + np.array([dx, dy]) + scale * outline)
+        for scale in (1.0, 0.9, 1.1, 0.8)
+        for dx in range(0, 40, 3)
+        for dy in range(0, 40, 3)
+    )
+    for polygon in candidates:
         if distance_to_edges(points, polygon).min() > 1:
             break
     else:
